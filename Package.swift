@@ -1,0 +1,29 @@
+// swift-tools-version:5.10
+// fp4swift: FP4 training numerics in Swift, exported through a C ABI for Python.
+// Keep -static-stdlib out of this file: setup.py passes it for the shipped library,
+// and it breaks `swift test`.
+import PackageDescription
+
+let package = Package(
+    name: "fp4swift",
+    products: [
+        // The library Python loads (libfp4swift.so).
+        .library(name: "fp4swift", type: .dynamic, targets: ["FP4CAPI"]),
+    ],
+    targets: [
+        // OpenBLAS through its C header; used for the GEMMs of the linear layers.
+        .systemLibrary(
+            name: "CBLAS",
+            path: "Sources/CBLAS",
+            pkgConfig: "openblas",
+            providers: [.apt(["libopenblas-dev"])]
+        ),
+        // Pure Swift numerics. No Foundation (it would drag ICU into the .so).
+        .target(name: "FP4Core", dependencies: ["CBLAS"]),
+        // The C header (the one description of the ABI) and the thread-local error slot.
+        .target(name: "FP4CABI"),
+        // Only @_cdecl exports: argument checks, status codes, error text.
+        .target(name: "FP4CAPI", dependencies: ["FP4Core", "FP4CABI"]),
+        .testTarget(name: "FP4CoreTests", dependencies: ["FP4Core"]),
+    ]
+)

@@ -1,0 +1,113 @@
+/*
+ * fp4swift C ABI: the one description of what libfp4swift.so exports.
+ * python/fp4swift/_native.py mirrors this file line for line; change both together
+ * and bump FP4SWIFT_ABI_VERSION whenever a signature, struct or constant changes.
+ *
+ * Conventions
+ * - Every function returns an int32 status (FP4SWIFT_OK = 0). On failure the text of
+ *   fp4swift_last_error() (thread-local) says what was wrong.
+ * - Tensors are contiguous row-major float32 buffers [rows, cols]; the caller allocates
+ *   every output and passes its length, which the library checks.
+ * - Enumerations are indices into name tables (fp4swift_name), so names live in one place.
+ */
+#ifndef FP4SWIFT_H
+#define FP4SWIFT_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define FP4SWIFT_ABI_VERSION 1
+
+/* Status codes. */
+#define FP4SWIFT_OK 0
+#define FP4SWIFT_INVALID_ARGUMENT 1 /* bad shape, name, range or buffer length */
+#define FP4SWIFT_NONFINITE 2        /* NaN/inf where the operation cannot represent it */
+#define FP4SWIFT_INVALID_STATE 3    /* a handle used outside its life cycle */
+#define FP4SWIFT_INTERNAL 4         /* a bug: please report */
+
+/* Name tables for fp4swift_name(table, index). */
+#define FP4SWIFT_TABLE_FORMAT 0      /* e2m1, e1m2, e3m0, e4m3, e5m2, e8m0 */
+#define FP4SWIFT_TABLE_GRANULARITY 1 /* tensor, row, column, block, block2d */
+#define FP4SWIFT_TABLE_SCALE_RULE 2  /* absmax, pow2, e8m0, nvfp4, absmax_div3 */
+#define FP4SWIFT_TABLE_ROUNDING 3    /* nearest_even, nearest_away, stochastic */
+
+/* Granularity indices (FP4SWIFT_TABLE_GRANULARITY). */
+#define FP4SWIFT_GRANULARITY_TENSOR 0
+#define FP4SWIFT_GRANULARITY_ROW 1
+#define FP4SWIFT_GRANULARITY_COLUMN 2
+#define FP4SWIFT_GRANULARITY_BLOCK 3
+#define FP4SWIFT_GRANULARITY_BLOCK2D 4
+
+/* Non-finite policies. */
+#define FP4SWIFT_NONFINITE_PROPAGATE 0
+#define FP4SWIFT_NONFINITE_RAISE 1
+
+/* A quantizer (spec §2): every field is an index into its name table. */
+typedef struct fp4swift_quantizer {
+    int32_t format;
+    int32_t granularity;
+    int32_t block;      /* n of block(n) / block2d(n); ignored otherwise */
+    int32_t scale_rule;
+    int32_t rounding;
+    int32_t nonfinite;  /* FP4SWIFT_NONFINITE_* */
+    uint64_t seed;      /* stochastic rounding: draw i = f(seed, flat index i) */
+} fp4swift_quantizer;
+
+/* Facts about an element format. */
+typedef struct fp4swift_format_info {
+    int32_t bits;        /* 4 or 8 */
+    int32_t exp_bits;
+    int32_t man_bits;
+    int32_t bias;
+    int32_t max_exponent; /* floor(log2 max): the emax of the e8m0 scale rule */
+    int32_t scale_only;   /* 1 for e8m0 */
+    float max_value;
+} fp4swift_format_info;
+
+/* Library. */
+int32_t fp4swift_abi_version(void);
+const char *fp4swift_last_error(void);
+int32_t fp4swift_set_num_threads(int32_t n);
+int32_t fp4swift_get_num_threads(void);
+/* Name of entry `index` of `table`, or NULL past the end. */
+const char *fp4swift_name(int32_t table, int32_t index);
+int32_t fp4swift_format_info_get(int32_t format, fp4swift_format_info *out);
+
+/* Element codecs (§1): one code per byte, values already on the grid scale. */
+int32_t fp4swift_encode(const float *x, int64_t n, int32_t format, int32_t rounding,
+                        uint64_t seed, uint8_t *codes);
+int32_t fp4swift_decode(const uint8_t *codes, int64_t n, int32_t format, float *out);
+/* FP4 packing: element 2i in the low nibble, 2i+1 in the high one; odd n pads with 0. */
+int32_t fp4swift_pack_nibbles(const uint8_t *codes, int64_t n, uint8_t *packed, int64_t packed_len);
+int32_t fp4swift_unpack_nibbles(const uint8_t *packed, int64_t packed_len, int64_t n, uint8_t *codes);
+
+/* Quantizers (§2, §3). */
+/* Scale-group tiling of a [rows, cols] tensor; fails when blocks do not divide it. */
+int32_t fp4swift_group_layout(int64_t rows, int64_t cols, const fp4swift_quantizer *q,
+                              int64_t *tile_rows, int64_t *tile_cols);
+/* x -> dequantized x-hat. nonfinite_groups receives the number of NaN/inf groups. */
+int32_t fp4swift_fake_quantize(const float *x, int64_t rows, int64_t cols,
+                               const fp4swift_quantizer *q, float *out,
+                               int64_t *nonfinite_groups);
+/* x -> codes (FP4: packed, ceil(n/2) bytes; FP8: n bytes) and per-group scales.
+ * scales[g] is the float scale s (nvfp4: float(sb)); scale_bytes[g] (may be NULL) the
+ * stored byte for e8m0 / nvfp4 rules; tensor_scale the nvfp4 S (1 otherwise).
+ * Non-finite input always fails, naming the first offending flat index. */
+int32_t fp4swift_quantize(const float *x, int64_t rows, int64_t cols,
+                          const fp4swift_quantizer *q, uint8_t *codes, int64_t codes_len,
+                          float *scales, uint8_t *scale_bytes, int64_t n_scales,
+                          float *tensor_scale);
+int32_t fp4swift_dequantize(const uint8_t *codes, int64_t codes_len, int64_t rows, int64_t cols,
+                            const fp4swift_quantizer *q, const float *scales, int64_t n_scales,
+                            float tensor_scale, float *out);
+
+/* Fidelity (§5): out[0] cosine, out[1] MSE, out[2] SNR in dB; float64 accumulation. */
+int32_t fp4swift_fidelity(const float *x, const float *x_hat, int64_t n, double *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,48 @@
+import Dispatch
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Parallel loops over chunks of rows or groups. Every kernel writes disjoint outputs per
+/// chunk, or reduces with an order-independent operation (max, integer sums), and draws
+/// random numbers by element index, so results do not depend on the chunking or the
+/// thread count: 1 and N threads are bit-identical.
+public enum Parallel {
+    /// Worker count used by every kernel; set from Python via the ABI or the
+    /// FP4SWIFT_NUM_THREADS environment variable. Defaults to the online CPU count.
+    nonisolated(unsafe) public static var threadCount: Int = defaultThreadCount()
+
+    static func defaultThreadCount() -> Int {
+        if let env = getenv("FP4SWIFT_NUM_THREADS"), let n = Int(String(cString: env)), n > 0 {
+            return n
+        }
+        return Swift.max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+    }
+
+    /// Calls `body(range)` for consecutive ranges of `0..<count` of about `grain` items
+    /// (the last one shorter), on up to `threadCount` workers.
+    public static func forChunks(count: Int, grain: Int, _ body: (Range<Int>) -> Void) {
+        guard count > 0 else { return }
+        let g = Swift.max(1, grain)
+        let chunks = (count + g - 1) / g
+        let workers = Swift.min(threadCount, chunks)
+        if workers <= 1 {
+            for c in 0..<chunks { body((c * g)..<Swift.min(count, (c + 1) * g)) }
+            return
+        }
+        withoutActuallyEscaping(body) { body in
+            DispatchQueue.concurrentPerform(iterations: workers) { w in
+                var c = w
+                while c < chunks {
+                    body((c * g)..<Swift.min(count, (c + 1) * g))
+                    c += workers
+                }
+            }
+        }
+    }
+
+    /// A grain that gives each worker a few chunks of at least `minItems` items.
+    public static func grain(count: Int, minItems: Int) -> Int {
+        Swift.max(minItems, (count + 4 * threadCount - 1) / (4 * threadCount))
+    }
+}

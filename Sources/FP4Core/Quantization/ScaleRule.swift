@@ -1,0 +1,98 @@
+/// How a group's scale follows from its absolute maximum (spec §2).
+public enum ScaleRule: Int, Sendable, CaseIterable {
+    /// s = amax / fmax (Wang et al.).
+    case absmax = 0
+    /// s = 2^ceil(log2(amax / fmax)), exact (MS-AMP release).
+    case pow2 = 1
+    /// s = 2^(floor(log2 amax) − emax), clamped to 2^[−127, 127] (OCP MX).
+    case e8m0 = 2
+    /// Two levels: per-tensor float32 S and per-block e4m3 scale (NVIDIA TE formula).
+    case nvfp4 = 3
+    /// s = 2^floor(log2 amax) / 3, so amax / s ∈ [3, 6) (Quartet backward).
+    case absmaxDiv3 = 4
+
+    public var name: String {
+        switch self {
+        case .absmax: return "absmax"
+        case .pow2: return "pow2"
+        case .e8m0: return "e8m0"
+        case .nvfp4: return "nvfp4"
+        case .absmaxDiv3: return "absmax_div3"
+        }
+    }
+
+    /// Whether stored scales are one byte each (e8m0 exponents, nvfp4's e4m3 codes).
+    public var storesScaleBytes: Bool { self == .e8m0 || self == .nvfp4 }
+}
+
+/// A group's scale as the element loop applies it. Most rules divide (v = x / s,
+/// x̂ = q · s). nvfp4 multiplies by S / sb and decodes as (q · sb) / S, in the order the
+/// spec gives, so a float32 numpy reference reproduces every bit.
+public struct GroupScale: Sendable {
+    /// Divide rules: s. nvfp4: float(sb).
+    public var scale: Float
+    /// nvfp4 only: the per-tensor encode scale S (1 otherwise).
+    public var tensorScale: Float
+    /// The stored byte (e8m0 exponent, nvfp4 e4m3 code), 0 for float-scale rules.
+    public var byte: UInt8
+    /// True when the group encodes zeros (amax 0, or an nvfp4 block scale of 0).
+    public var isZero: Bool
+}
+
+extension ScaleRule {
+    /// Per-tensor scale S for nvfp4 from the tensor amax: 448·6 / amax, or 1 when amax
+    /// is 0 or the division overflows. Other rules: 1.
+    public func tensorScale(tensorAmax: Float) -> Float {
+        guard self == .nvfp4 else { return 1 }
+        let s = Float(448 * 6) / tensorAmax
+        return (tensorAmax == 0 || !s.isFinite) ? 1 : s
+    }
+
+    /// The scale of one group with absolute maximum `amax` (finite, ≥ 0).
+    public func groupScale(amax: Float, format: MiniFloatFormat, tensorScale S: Float) -> GroupScale {
+        let fmax = format.maxValue
+        let zero = GroupScale(scale: 1, tensorScale: 1, byte: 0, isZero: true)
+        switch self {
+        case .absmax:
+            let s = amax / fmax
+            // An amax so small that amax / fmax underflows to 0 is treated as an all-zero group.
+            return s > 0 ? GroupScale(scale: s, tensorScale: 1, byte: 0, isZero: false) : zero
+        case .pow2:
+            guard amax > 0 else { return zero }
+            // Smallest k with amax ≤ fmax · 2^k; Double makes the products exact.
+            var k = exponentFloor(amax) - exponentFloor(fmax)
+            while Double(amax) > Double(fmax) * pow2d(k) { k += 1 }
+            while Double(amax) <= Double(fmax) * pow2d(k - 1) { k -= 1 }
+            k = Swift.min(Swift.max(k, -149), 127)
+            return GroupScale(scale: exactPow2(k), tensorScale: 1, byte: 0, isZero: false)
+        case .e8m0:
+            guard amax > 0 else {
+                return GroupScale(scale: exactPow2(-127), tensorScale: 1, byte: 0, isZero: true)
+            }
+            let e = Swift.min(Swift.max(exponentFloor(amax) - format.maxExponent, -127), 127)
+            return GroupScale(scale: exactPow2(e), tensorScale: 1, byte: UInt8(e + 127), isZero: false)
+        case .nvfp4:
+            let e4m3 = ElementCodec.e4m3
+            let t = (amax * S) / 6
+            let code = e4m3.encode(t) ?? 0
+            let sb = e4m3.decode(code)
+            return GroupScale(scale: sb, tensorScale: S, byte: code, isZero: sb == 0)
+        case .absmaxDiv3:
+            guard amax > 0 else { return zero }
+            let s = exactPow2(exponentFloor(amax)) / 3
+            return s > 0 ? GroupScale(scale: s, tensorScale: 1, byte: 0, isZero: false) : zero
+        }
+    }
+}
+
+/// floor(log2 x) for finite x > 0, including float32 subnormals.
+@inlinable public func exponentFloor(_ x: Float) -> Int {
+    let bits = x.bitPattern & 0x7FFF_FFFF
+    let biased = Int(bits >> 23)
+    if biased != 0 { return biased - 127 }
+    return -127 - (bits.leadingZeroBitCount - 9)
+}
+
+@inlinable func pow2d(_ e: Int) -> Double {
+    Double(sign: .plus, exponent: e, significand: 1)
+}

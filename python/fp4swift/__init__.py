@@ -1,0 +1,42 @@
+"""fp4swift: FP4 training numerics in Swift, called from Python.
+
+The numpy API (spec: ../shared/fp4-spec.md):
+
+    import fp4swift as f4
+    f4.encode(values, "e2m1"); f4.decode(codes, "e2m1")
+    f4.fake_quantize(x, fmt="e2m1", granularity="row", scale_rule="absmax")
+    qt = f4.quantize(x); qt.codes, qt.scales, qt.dequantize()
+    f4.fidelity(x, x_hat)
+"""
+from ._native import FP4Error, FP4InternalError, FP4StateError, FP4ValueError, NonFiniteError
+from .quantization import (
+    DEFAULT_BLOCK,
+    FORMATS,
+    GRANULARITIES,
+    ROUNDINGS,
+    SCALE_RULES,
+    FormatInfo,
+    QuantizedTensor,
+    QuantizerSpec,
+    decode,
+    encode,
+    fake_quantize,
+    fidelity,
+    format_info,
+    formats,
+    get_num_threads,
+    pack_fp4,
+    quantize,
+    set_num_threads,
+    unpack_fp4,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_BLOCK", "FORMATS", "GRANULARITIES", "ROUNDINGS", "SCALE_RULES",
+    "FP4Error", "FP4InternalError", "FP4StateError", "FP4ValueError", "NonFiniteError",
+    "FormatInfo", "QuantizedTensor", "QuantizerSpec",
+    "decode", "encode", "fake_quantize", "fidelity", "format_info", "formats",
+    "get_num_threads", "pack_fp4", "quantize", "set_num_threads", "unpack_fp4",
+]

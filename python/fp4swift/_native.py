@@ -1,0 +1,200 @@
+"""Low-level binding: loads libfp4swift.so and declares every C signature.
+
+This file mirrors Sources/FP4CABI/include/fp4swift.h line for line (constants, structs,
+functions, in the header's order); change both together. The Pythonic layer lives in the
+other modules and validates arguments before anything reaches this one.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import pathlib
+import warnings
+from ctypes import POINTER, c_char_p, c_double, c_float, c_int32, c_int64, c_uint8, c_uint64
+
+ABI_VERSION = 1
+
+# Status codes.
+OK = 0
+INVALID_ARGUMENT = 1
+NONFINITE = 2
+INVALID_STATE = 3
+INTERNAL = 4
+
+# Name tables for fp4swift_name(table, index).
+TABLE_FORMAT = 0
+TABLE_GRANULARITY = 1
+TABLE_SCALE_RULE = 2
+TABLE_ROUNDING = 3
+
+# Granularity indices.
+GRANULARITY_TENSOR = 0
+GRANULARITY_ROW = 1
+GRANULARITY_COLUMN = 2
+GRANULARITY_BLOCK = 3
+GRANULARITY_BLOCK2D = 4
+
+# Non-finite policies.
+NONFINITE_PROPAGATE = 0
+NONFINITE_RAISE = 1
+
+
+class Quantizer(ctypes.Structure):
+    """struct fp4swift_quantizer"""
+
+    _fields_ = [
+        ("format", c_int32),
+        ("granularity", c_int32),
+        ("block", c_int32),
+        ("scale_rule", c_int32),
+        ("rounding", c_int32),
+        ("nonfinite", c_int32),
+        ("seed", c_uint64),
+    ]
+
+
+class FormatInfo(ctypes.Structure):
+    """struct fp4swift_format_info"""
+
+    _fields_ = [
+        ("bits", c_int32),
+        ("exp_bits", c_int32),
+        ("man_bits", c_int32),
+        ("bias", c_int32),
+        ("max_exponent", c_int32),
+        ("scale_only", c_int32),
+        ("max_value", c_float),
+    ]
+
+
+f32p = POINTER(c_float)
+u8p = POINTER(c_uint8)
+i64p = POINTER(c_int64)
+f64p = POINTER(c_double)
+QuantizerP = POINTER(Quantizer)
+
+# name: (restype, argtypes), in header order.
+SIGNATURES = {
+    "fp4swift_abi_version": (c_int32, []),
+    "fp4swift_last_error": (c_char_p, []),
+    "fp4swift_set_num_threads": (c_int32, [c_int32]),
+    "fp4swift_get_num_threads": (c_int32, []),
+    "fp4swift_name": (c_char_p, [c_int32, c_int32]),
+    "fp4swift_format_info_get": (c_int32, [c_int32, POINTER(FormatInfo)]),
+    "fp4swift_encode": (c_int32, [f32p, c_int64, c_int32, c_int32, c_uint64, u8p]),
+    "fp4swift_decode": (c_int32, [u8p, c_int64, c_int32, f32p]),
+    "fp4swift_pack_nibbles": (c_int32, [u8p, c_int64, u8p, c_int64]),
+    "fp4swift_unpack_nibbles": (c_int32, [u8p, c_int64, c_int64, u8p]),
+    "fp4swift_group_layout": (c_int32, [c_int64, c_int64, QuantizerP, i64p, i64p]),
+    "fp4swift_fake_quantize": (c_int32, [f32p, c_int64, c_int64, QuantizerP, f32p, i64p]),
+    "fp4swift_quantize": (c_int32, [f32p, c_int64, c_int64, QuantizerP, u8p, c_int64, f32p, u8p, c_int64, f32p]),
+    "fp4swift_dequantize": (c_int32, [u8p, c_int64, c_int64, c_int64, QuantizerP, f32p, c_int64, c_float, f32p]),
+    "fp4swift_fidelity": (c_int32, [f32p, f32p, c_int64, f64p]),
+}
+
+
+class FP4Error(Exception):
+    """Base of the errors the Swift library reports."""
+
+
+class FP4ValueError(FP4Error, ValueError):
+    """An argument the library rejected (shape, name, range, buffer length)."""
+
+
+class NonFiniteError(FP4ValueError):
+    """Input holds NaN or inf where the operation cannot represent it."""
+
+
+class FP4StateError(FP4Error, RuntimeError):
+    """A handle (such as saved backward state) used outside its life cycle."""
+
+
+class FP4InternalError(FP4Error, RuntimeError):
+    """A bug in fp4swift: please report it with the message."""
+
+
+_STATUS_ERRORS = {
+    INVALID_ARGUMENT: FP4ValueError,
+    NONFINITE: NonFiniteError,
+    INVALID_STATE: FP4StateError,
+    INTERNAL: FP4InternalError,
+}
+
+_PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
+_REPO_SOURCES = _PACKAGE_DIR.parent.parent / "Sources"
+
+
+def library_path() -> pathlib.Path:
+    """Where the library is loaded from: $FP4SWIFT_LIBRARY, else next to this file."""
+    override = os.environ.get("FP4SWIFT_LIBRARY")
+    return pathlib.Path(override) if override else _PACKAGE_DIR / "libfp4swift.so"
+
+
+def _warn_if_stale(path: pathlib.Path) -> None:
+    # An editable install keeps the .so it built; edits to Sources/ need a rebuild.
+    if not _REPO_SOURCES.is_dir():
+        return
+    built = path.stat().st_mtime
+    newest = max((p.stat().st_mtime for p in _REPO_SOURCES.rglob("*") if p.suffix in (".swift", ".h", ".c")),
+                 default=0.0)
+    if newest > built:
+        warnings.warn(
+            f"{path} is older than the Swift sources in {_REPO_SOURCES}; run `pip install -e .` to rebuild it",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def _load() -> ctypes.CDLL:
+    path = library_path()
+    if not path.exists():
+        raise ImportError(
+            f"fp4swift's Swift library is missing at {path}. Build it with `pip install -e .` "
+            "from the repository root (needs swift and libopenblas-dev)."
+        )
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as e:
+        raise ImportError(f"cannot load {path}: {e}. Is OpenBLAS installed (apt-get install libopenblas-dev)?") from e
+    try:
+        version = lib.fp4swift_abi_version()
+    except AttributeError as e:
+        raise ImportError(f"{path} is not an fp4swift library (no fp4swift_abi_version)") from e
+    if version != ABI_VERSION:
+        raise ImportError(
+            f"{path} speaks ABI version {version}, but this Python package expects {ABI_VERSION}: "
+            "the library is stale or from another release. Rebuild it with `pip install -e .`."
+        )
+    for name, (restype, argtypes) in SIGNATURES.items():
+        try:
+            fn = getattr(lib, name)
+        except AttributeError as e:
+            raise ImportError(f"{path} lacks {name}: rebuild it with `pip install -e .`") from e
+        fn.restype = restype
+        fn.argtypes = argtypes
+    _warn_if_stale(path)
+    return lib
+
+
+lib = _load()
+
+
+def last_error() -> str:
+    msg = lib.fp4swift_last_error()
+    return msg.decode("utf-8", "replace") if msg else ""
+
+
+def check(status: int) -> None:
+    """Raises the Python exception of a non-zero status, with the library's message."""
+    if status != OK:
+        raise _STATUS_ERRORS.get(status, FP4InternalError)(last_error() or f"fp4swift status {status}")
+
+
+def names(table: int) -> list[str]:
+    """Every name of one of the library's name tables, in index order."""
+    out = []
+    while True:
+        name = lib.fp4swift_name(table, len(out))
+        if name is None:
+            return out
+        out.append(name.decode())
