@@ -2,8 +2,9 @@
 
 `pip install -e .` (or a wheel build) runs
     swift build -c release --product fp4swift -Xswiftc -static-stdlib
-and copies libfp4swift.so next to python/fp4swift/__init__.py. The static Swift standard
-library means the .so needs only libc, libstdc++, libm and libopenblas at run time.
+(plus `-target-cpu haswell` when the CPU has AVX2/FMA, so the loops vectorize) and copies
+libfp4swift.so next to python/fp4swift/__init__.py. The static Swift standard library
+means the .so needs only libc, libstdc++, libm and libopenblas at run time.
 The dummy Extension makes the wheel platform-tagged.
 """
 import os
@@ -22,6 +23,27 @@ SCRATCH = os.path.join(ROOT, ".build-python")
 def _fail(message: str) -> None:
     sys.stderr.write(f"\nfp4swift build error: {message}\n\n")
     raise SystemExit(1)
+
+
+def _target_cpu_flags() -> list:
+    """Lets LLVM vectorize the kernels with AVX2/FMA when this CPU has them.
+
+    FP4SWIFT_TARGET_CPU overrides the choice (an LLVM CPU name such as `haswell`, or
+    `generic` for a library that runs on any x86-64).
+    """
+    cpu = os.environ.get("FP4SWIFT_TARGET_CPU")
+    if cpu is None:
+        cpu = "generic"
+        try:
+            with open("/proc/cpuinfo") as f:
+                flags = next((line for line in f if line.startswith("flags")), "").split()
+            if {"avx2", "fma", "bmi2", "f16c"} <= set(flags):
+                cpu = "haswell"
+        except OSError:
+            pass
+    if cpu in ("", "generic"):
+        return []
+    return ["-Xswiftc", "-target-cpu", "-Xswiftc", cpu, "-Xcc", f"-march={cpu}"]
 
 
 def _have_openblas() -> bool:
@@ -43,7 +65,7 @@ class BuildSwift(build_ext):
         if not _have_openblas():
             _fail("OpenBLAS is missing: install it with `apt-get install libopenblas-dev`.")
         cmd = [swift, "build", "-c", "release", "--product", "fp4swift",
-               "-Xswiftc", "-static-stdlib", "--scratch-path", SCRATCH]
+               "-Xswiftc", "-static-stdlib", "--scratch-path", SCRATCH] + _target_cpu_flags()
         print("running:", " ".join(cmd), flush=True)
         if subprocess.run(cmd, cwd=ROOT).returncode != 0:
             _fail("`swift build` failed (see the compiler output above).")

@@ -179,7 +179,7 @@ def unpack_fp4(packed: Any, count: int) -> np.ndarray:
 
 def fake_quantize(x: Any, fmt: str = "e2m1", granularity: str = "row", scale_rule: str = "absmax",
                   rounding: str = "nearest_even", block: Optional[int] = None, seed: int = 0,
-                  nonfinite: str = "propagate") -> np.ndarray:
+                  nonfinite: str = "propagate", out: Optional[np.ndarray] = None) -> np.ndarray:
     """Quantize and dequantize x in one pass: x̂ = round(x / s) · s per group (spec §2).
 
     x: float array of any shape, viewed as [rows, cols] with the last axis as columns.
@@ -188,17 +188,28 @@ def fake_quantize(x: Any, fmt: str = "e2m1", granularity: str = "row", scale_rul
     rounding: 'nearest_even', 'nearest_away', 'stochastic' (draws depend on seed and flat index).
     nonfinite: 'propagate' sets every output of a group holding NaN/inf to NaN (and warns with
     the count); 'raise' raises NonFiniteError naming the first offending flat index.
-    Returns float32 with x's shape.
+    out: optional C-contiguous float32 array of x's shape to write into (may be x itself).
+    Returns float32 with x's shape (`out` when given).
     """
     spec = QuantizerSpec.make(fmt, granularity, scale_rule, rounding, block, seed, nonfinite)
-    return fake_quantize_with(x, spec)
+    return fake_quantize_with(x, spec, out)
 
 
-def fake_quantize_with(x: Any, spec: QuantizerSpec) -> np.ndarray:
+def _check_out(out: np.ndarray, shape: Tuple[int, ...]) -> np.ndarray:
+    if not isinstance(out, np.ndarray) or out.dtype != np.float32:
+        raise TypeError("out must be a float32 numpy array")
+    if out.shape != shape:
+        raise ValueError(f"out has shape {out.shape}, expected {shape}")
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError("out must be C-contiguous and writeable")
+    return out
+
+
+def fake_quantize_with(x: Any, spec: QuantizerSpec, out: Optional[np.ndarray] = None) -> np.ndarray:
     """`fake_quantize` with a prepared QuantizerSpec."""
     a = as_float32(x)
     rows, cols = as_matrix_shape(a.shape)
-    out = np.empty(a.shape, dtype=np.float32)
+    out = np.empty(a.shape, dtype=np.float32) if out is None else _check_out(out, a.shape)
     bad = ctypes.c_int64(0)
     q = spec.to_c()
     _native.check(_native.lib.fp4swift_fake_quantize(fptr(a), rows, cols, ctypes.byref(q), fptr(out), ctypes.byref(bad)))

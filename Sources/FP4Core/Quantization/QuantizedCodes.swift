@@ -15,15 +15,13 @@ extension Quantizer {
             let i = Quantizer.firstNonFiniteIndex(x, count: rows * cols)
             throw FP4Error(.nonFinite, "cannot quantize a non-finite value (\(x[i])) at flat index \(i)")
         }
-        let grid = GridParameters(format), twoLevel = scaleRule == .nvfp4
         let signBit = UInt8(format.signBit), infCode = Int32(format.infMagnitudeCode ?? format.maxFiniteMagnitudeCode)
-        let enc = CodeWriter(grid: grid, signBit: signBit, infCode: infCode)
-        switch rounding {
-        case .nearestEven: quantizeRows(x, codes, ts, twoLevel, enc, NearestEvenRounder(grid: grid))
-        case .nearestAway: quantizeRows(x, codes, ts, twoLevel, enc, NearestAwayRounder(grid: grid))
-        case .stochastic:
-            quantizeRows(x, codes, ts, twoLevel, enc, StochasticRounder(grid: grid, key: CounterRNG.key(seed: seed)))
+        struct Run: RounderVisitor {
+            let q: Quantizer, x: UnsafePointer<Float>, codes: UnsafeMutablePointer<UInt8>, ts: TensorScales, enc: CodeWriter
+            func visit<R: MagnitudeRounder>(_ rounder: R) { q.quantizeRows(x, codes, ts, q.scaleRule == .nvfp4, enc, rounder) }
         }
+        withRounder(Run(q: self, x: x, codes: codes, ts: ts,
+                        enc: CodeWriter(grid: GridParameters(format), signBit: signBit, infCode: infCode)))
         return ts
     }
 
@@ -33,8 +31,9 @@ extension Quantizer {
         let signBit: UInt8
         let infCode: Int32
         @inline(__always) func code(_ v: Float, _ r: Float) -> UInt8 {
-            let mag = UInt8(truncatingIfNeeded: grid.magnitudeCode(r, infCode: infCode))
-            return v.sign == .minus ? mag | signBit : mag
+            let mag = grid.magnitudeCode(r, infCode: infCode)
+            let sign = Int32(bitPattern: v.bitPattern >> 31) * Int32(signBit)
+            return UInt8(truncatingIfNeeded: mag | sign)
         }
     }
 
@@ -98,15 +97,26 @@ extension Quantizer {
                     let gbase = (r / L.groupRows) * L.tileCols
                     for j in 0..<L.tileCols {
                         let s = scales[gbase + j]
-                        let start = r * L.cols + j * L.groupCols, end = start + L.groupCols
-                        for i in start..<end {
-                            let c = packed ? (codes[i >> 1] >> UInt8((i & 1) << 2)) & 0xF : codes[i]
-                            let q = tb[Int(c)]
-                            out[i] = twoLevel ? (q * s) / tensorScale : q * s
+                        let start = r * L.cols + j * L.groupCols
+                        let range = start..<(start + L.groupCols)
+                        if twoLevel {
+                            Quantizer.decodeSegment(codes, packed, tb, range, TwoLevelScaling(sb: s, tensorScale: tensorScale), out)
+                        } else {
+                            Quantizer.decodeSegment(codes, packed, tb, range, DivideScaling(s: s), out)
                         }
                     }
                 }
             }
+        }
+    }
+
+    @inline(__always)
+    static func decodeSegment<S: ElementScaling>(_ codes: UnsafePointer<UInt8>, _ packed: Bool, _ table: UnsafeBufferPointer<Float>,
+                                                 _ range: Range<Int>, _ scaling: S, _ out: UnsafeMutablePointer<Float>) {
+        if packed {
+            for i in range { out[i] = scaling.fromGrid(table[Int((codes[i >> 1] >> UInt8((i & 1) << 2)) & 0xF)]) }
+        } else {
+            for i in range { out[i] = scaling.fromGrid(table[Int(codes[i])]) }
         }
     }
 }

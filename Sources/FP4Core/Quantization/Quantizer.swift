@@ -178,21 +178,47 @@ protocol MagnitudeRounder {
     func round(_ a: Float, index: Int) -> Float
 }
 
+/// Ties to even for formats with mantissa bits (one IEEE round per element).
 struct NearestEvenRounder: MagnitudeRounder {
     let grid: GridParameters
-    @inline(__always) func round(_ a: Float, index: Int) -> Float { grid.roundMagnitude(a, .nearestEven, 0) }
+    @inline(__always) func round(_ a: Float, index: Int) -> Float { grid.roundNearestEvenMantissa(a) }
+}
+
+/// Ties to the even code for formats without mantissa bits (e3m0).
+struct NearestEvenCodeRounder: MagnitudeRounder {
+    let grid: GridParameters
+    @inline(__always) func round(_ a: Float, index: Int) -> Float { grid.roundNearestEvenCode(a) }
 }
 
 struct NearestAwayRounder: MagnitudeRounder {
     let grid: GridParameters
-    @inline(__always) func round(_ a: Float, index: Int) -> Float { grid.roundMagnitude(a, .nearestAway, 0) }
+    @inline(__always) func round(_ a: Float, index: Int) -> Float { grid.roundNearestAway(a) }
 }
 
 struct StochasticRounder: MagnitudeRounder {
     let grid: GridParameters
     let key: UInt64
     @inline(__always) func round(_ a: Float, index: Int) -> Float {
-        grid.roundMagnitude(a, .stochastic, CounterRNG.uniform(key: key, index: index))
+        grid.roundStochastic(a, CounterRNG.uniform(key: key, index: index))
+    }
+}
+
+/// Calls back with the rounder of a quantizer's mode and format, as a concrete type, so
+/// every kernel loop is specialized (no dynamic dispatch per element).
+protocol RounderVisitor {
+    associatedtype Result
+    func visit<R: MagnitudeRounder>(_ rounder: R) -> Result
+}
+
+extension Quantizer {
+    func withRounder<V: RounderVisitor>(_ v: V) -> V.Result {
+        let grid = GridParameters(format)
+        switch rounding {
+        case .nearestEven:
+            return grid.manBits > 0 ? v.visit(NearestEvenRounder(grid: grid)) : v.visit(NearestEvenCodeRounder(grid: grid))
+        case .nearestAway: return v.visit(NearestAwayRounder(grid: grid))
+        case .stochastic: return v.visit(StochasticRounder(grid: grid, key: CounterRNG.key(seed: seed)))
+        }
     }
 }
 
@@ -214,16 +240,11 @@ extension Quantizer {
             let i = Quantizer.firstNonFiniteIndex(x, count: rows * cols)
             throw FP4Error(.nonFinite, "non-finite value (\(x[i])) at flat index \(i)")
         }
-        let grid = GridParameters(format), twoLevel = scaleRule == .nvfp4
-        // One specialized loop per rounding mode (no dynamic dispatch per element).
-        switch rounding {
-        case .nearestEven:
-            Quantizer.fakeQuantizeRows(x, out, ts, twoLevel, NearestEvenRounder(grid: grid))
-        case .nearestAway:
-            Quantizer.fakeQuantizeRows(x, out, ts, twoLevel, NearestAwayRounder(grid: grid))
-        case .stochastic:
-            Quantizer.fakeQuantizeRows(x, out, ts, twoLevel, StochasticRounder(grid: grid, key: CounterRNG.key(seed: seed)))
+        struct Run: RounderVisitor {
+            let x: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, ts: TensorScales, twoLevel: Bool
+            func visit<R: MagnitudeRounder>(_ rounder: R) { Quantizer.fakeQuantizeRows(x, out, ts, twoLevel, rounder) }
         }
+        withRounder(Run(x: x, out: out, ts: ts, twoLevel: scaleRule == .nvfp4))
         return ts.nonFiniteCount
     }
 

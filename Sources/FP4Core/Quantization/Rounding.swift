@@ -44,17 +44,26 @@ public enum CounterRNG {
 }
 
 /// The data a rounding loop needs from a format, read once outside the loop.
+///
+/// Rounding is done in "units" of the binade's quantum: with e = max(floor(log2 a), emin),
+/// quantum = 2^(e − manBits) and q = a / quantum (exact), grid values are the integers q.
 public struct GridParameters: Sendable {
     public let manBits: Int32
     public let minExponent: Int32
     public let maxValue: Float
     public let saturates: Bool
+    /// Inputs are clamped to this before rounding: max for saturating formats, +inf otherwise.
+    public let clampLimit: Float
+    /// Rounded values above this become +inf: max for IEEE-like formats, +inf otherwise.
+    public let overflowLimit: Float
 
     public init(_ f: MiniFloatFormat) {
         manBits = Int32(f.manBits)
         minExponent = Int32(f.minExponent)
         maxValue = f.maxValue
         saturates = f.overflow == .saturate
+        clampLimit = saturates ? maxValue : .infinity
+        overflowLimit = saturates ? .infinity : maxValue
     }
 
     /// Binade exponent used for the quantum of magnitude `a` (finite, ≥ 0):
@@ -64,50 +73,89 @@ public struct GridParameters: Sendable {
         Swift.max(Int32(bitPattern: a.bitPattern >> 23) &- 127, minExponent)
     }
 
-    /// Rounds a finite magnitude `a ≥ 0` to the grid. `u` is the uniform draw
-    /// (used by `.stochastic` only). Returns a grid magnitude, or +inf when a
-    /// non-saturating format overflows.
+    /// 2^(manBits − e): multiplying by it turns a magnitude into quantum units (exact).
     @inlinable @inline(__always)
-    public func roundMagnitude(_ a0: Float, _ mode: Rounding, _ u: Float) -> Float {
-        let a = saturates ? Swift.min(a0, maxValue) : a0
-        let e = binade(a)
-        // q = a / quantum, quantum = 2^(e − manBits): both scalings are exact.
-        let toUnits = Float(bitPattern: UInt32(bitPattern: 127 &+ manBits &- e) << 23)
-        let toValue = Float(bitPattern: UInt32(bitPattern: 127 &- manBits &+ e) << 23)
-        let q = a * toUnits
-        let r: Float
-        switch mode {
-        case .nearestEven:
-            if manBits > 0 {
-                // The mantissa LSB is the code LSB, so ties-to-even on q is the spec's rule.
-                r = q.rounded(.toNearestOrEven)
-            } else {
-                // manBits == 0 (e3m0): the code LSB is the exponent LSB.
-                let fl = q.rounded(.down)
-                let frac = q - fl
-                let loOdd = fl != 0 && ((e &- minExponent &+ 1) & 1) != 0
-                r = fl + ((frac > 0.5 || (frac == 0.5 && loOdd)) ? 1 : 0)
-            }
-        case .nearestAway:
-            r = (q + 0.5).rounded(.down)  // q < 2^(manBits+1): q + 0.5 is exact
-        case .stochastic:
-            let fl = q.rounded(.down)
-            r = fl + ((q - fl) > u ? 1 : 0)
-        }
-        let out = r * toValue
-        if !saturates && out > maxValue { return .infinity }
-        return saturates ? Swift.min(out, maxValue) : out
+    func toUnits(_ e: Int32) -> Float { Float(bitPattern: UInt32(bitPattern: 127 &+ manBits &- e) << 23) }
+
+    /// 2^(e − manBits): the quantum of binade e.
+    @inlinable @inline(__always)
+    func toValue(_ e: Int32) -> Float { Float(bitPattern: UInt32(bitPattern: 127 &- manBits &+ e) << 23) }
+
+    /// Back from units to a magnitude, with IEEE overflow to +inf for non-saturating formats.
+    @inlinable @inline(__always)
+    func finish(_ r: Float, _ e: Int32) -> Float {
+        let out = r * toValue(e)
+        return out > overflowLimit ? .infinity : out
     }
 
-    /// Magnitude code of a grid magnitude produced by `roundMagnitude`.
+    /// Nearest, ties to even, for formats with mantissa bits: the mantissa LSB is the code
+    /// LSB, so IEEE ties-to-even on the unit count is exactly the spec's rule.
+    @inlinable @inline(__always)
+    public func roundNearestEvenMantissa(_ a0: Float) -> Float {
+        let a = Swift.min(a0, clampLimit), e = binade(a)
+        return finish((a * toUnits(e)).rounded(.toNearestOrEven), e)
+    }
+
+    /// Nearest, ties to the even magnitude code, for any format. With manBits == 0 (e3m0)
+    /// the code LSB is the exponent LSB, so the parity comes from the binade.
+    @inlinable @inline(__always)
+    public func roundNearestEvenCode(_ a0: Float) -> Float {
+        let a = Swift.min(a0, clampLimit), e = binade(a)
+        let q = a * toUnits(e)
+        let fl = q.rounded(.down), frac = q - fl
+        let implicit = Float(Int32(1) << manBits)
+        // Code of the lower neighbour: subnormal units are the code; otherwise exponent field + mantissa.
+        let units = smallInteger(fl)
+        let loCode: Int32 = fl < implicit ? units : ((e &- minExponent &+ 1) << manBits) &+ units &- Int32(1 << manBits)
+        let up = frac > 0.5 || (frac == 0.5 && (loCode & 1) != 0)
+        return finish(fl + (up ? 1 : 0), e)
+    }
+
+    /// Nearest, ties away from zero.
+    @inlinable @inline(__always)
+    public func roundNearestAway(_ a0: Float) -> Float {
+        let a = Swift.min(a0, clampLimit), e = binade(a)
+        return finish((a * toUnits(e) + 0.5).rounded(.down), e)  // q < 2^(manBits+1): q + 0.5 is exact
+    }
+
+    /// Up with probability (a − lo) / (hi − lo) = frac(q), given a uniform draw u ∈ [0, 1).
+    @inlinable @inline(__always)
+    public func roundStochastic(_ a0: Float, _ u: Float) -> Float {
+        let a = Swift.min(a0, clampLimit), e = binade(a)
+        let q = a * toUnits(e)
+        let fl = q.rounded(.down)
+        return finish(fl + ((q - fl) > u ? 1 : 0), e)
+    }
+
+    /// Rounds a finite magnitude `a ≥ 0` to the grid (`u`: the draw of `.stochastic`).
+    /// Returns a grid magnitude, or +inf when a non-saturating format overflows.
+    @inlinable
+    public func roundMagnitude(_ a: Float, _ mode: Rounding, _ u: Float) -> Float {
+        switch mode {
+        case .nearestEven: return manBits > 0 ? roundNearestEvenMantissa(a) : roundNearestEvenCode(a)
+        case .nearestAway: return roundNearestAway(a)
+        case .stochastic: return roundStochastic(a, u)
+        }
+    }
+
+    /// Magnitude code of a grid magnitude produced by the rounding functions (branch-free,
+    /// so code loops vectorize): subnormal units are the code; otherwise the exponent
+    /// field goes above the mantissa field; +inf maps to `infCode`.
     @inlinable @inline(__always)
     public func magnitudeCode(_ r: Float, infCode: Int32) -> Int32 {
-        if r == .infinity { return infCode }
         let e = binade(r)
-        let toUnits = Float(bitPattern: UInt32(bitPattern: 127 &+ manBits &- e) << 23)
-        let m = Int32(r * toUnits)
+        let m = smallInteger(Swift.min(r, maxValue) * toUnits(e))
         let implicit: Int32 = 1 << manBits
-        if m < implicit { return m }  // subnormal (or zero)
-        return ((e &- minExponent &+ 1) << manBits) &+ (m &- implicit)
+        let normal = ((e &- minExponent &+ 1) << manBits) &+ (m &- implicit)
+        let code = m < implicit ? m : normal
+        return r > maxValue ? infCode : code
     }
+}
+
+/// An integer-valued Float in [0, 2^23) as Int32, without the range check (and trap) of
+/// Int32(_: Float) that keeps loops from vectorizing: adding 2^23 puts the integer in the
+/// low mantissa bits.
+@inlinable @inline(__always)
+func smallInteger(_ f: Float) -> Int32 {
+    Int32(bitPattern: (f + 0x1p23).bitPattern & 0x7F_FFFF)
 }

@@ -1,0 +1,27 @@
+"""Timing helpers shared by the benchmarks: medians of repeated runs, ratios to baselines
+timed in the same run. The machine is shared and noisy: read ratios, not absolute times."""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable, List, Sequence, Tuple
+
+
+def median_seconds(fn: Callable[[], object], repeats: int = 7, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def print_table(title: str, header: Sequence[str], rows: List[Tuple]) -> None:
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(header)]
+    print(f"\n{title}")
+    print("| " + " | ".join(str(h).ljust(w) for h, w in zip(header, widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in rows:
+        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |")

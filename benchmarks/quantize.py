@@ -1,0 +1,85 @@
+"""Throughput of the quantizers against np.copyto, ml_dtypes and plain numpy, timed in one run.
+
+    python benchmarks/quantize.py [--size 4096] [--threads 2] [--repeats 7]
+
+Targets (issue: codec/quantizer): fake_quantize(e2m1, row, absmax, RNE) >= 0.8x np.copyto
+throughput (both read and write 4 bytes per element), >= 20x ml_dtypes astype and numpy.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _timing import median_seconds, print_table  # noqa: E402
+
+import fp4swift as f4  # noqa: E402
+
+E2M1_GRID = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6], dtype=np.float32)
+
+
+def numpy_fake_quantize_row(x: np.ndarray) -> np.ndarray:
+    """The equivalent numpy implementation: per-row absmax scale, RNE onto the e2m1 grid."""
+    amax = np.abs(x).max(axis=1, keepdims=True)
+    s = np.where(amax > 0, amax / np.float32(6), np.float32(1)).astype(np.float32)
+    v = x / s
+    a = np.minimum(np.abs(v), np.float32(6))
+    # binade-wise quantum: 0.5 below 2, 1 in [2,4), 2 in [4,6]
+    quantum = np.where(a < 2, np.float32(0.5), np.where(a < 4, np.float32(1), np.float32(2)))
+    q = np.round(a / quantum) * quantum  # np.round is ties-to-even
+    return (np.copysign(np.minimum(q, 6), v) * s).astype(np.float32)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=4096)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=7)
+    args = ap.parse_args()
+    f4.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((args.size, args.size), dtype=np.float32)
+    out = np.empty_like(x)
+
+    base = median_seconds(lambda: np.copyto(out, x), args.repeats)
+    rows = []
+
+    def add(name: str, fn, target: str = "") -> float:
+        t = median_seconds(fn, args.repeats)
+        rows.append((name, f"{base / t:.2f}x", target))
+        return t
+
+    # Like np.copyto, the kernels write into a preallocated array (out=) unless noted.
+    t_fq = add("fake_quantize e2m1 row absmax RNE", lambda: f4.fake_quantize(x, out=out), ">= 0.8x (0.5x floor)")
+    add("  same, allocating its output", lambda: f4.fake_quantize(x))
+    add("quantize (packed codes) e2m1 row absmax", lambda: f4.quantize(x))
+    qt = f4.quantize(x)
+    add("dequantize e2m1 row", lambda: qt.dequantize())
+    add("fake_quantize e2m1 block(32) e8m0", lambda: f4.fake_quantize(x, granularity="block", block=32, scale_rule="e8m0", out=out))
+    add("fake_quantize e2m1 row stochastic", lambda: f4.fake_quantize(x, rounding="stochastic", seed=1, out=out))
+    add("fake_quantize e2m1 block(16) nvfp4", lambda: f4.fake_quantize(x, granularity="block", block=16, scale_rule="nvfp4", out=out))
+    add("fake_quantize e4m3 row absmax", lambda: f4.fake_quantize(x, fmt="e4m3", out=out))
+    print_table(f"Throughput relative to np.copyto on {args.size}x{args.size} float32, "
+                f"{args.threads} threads (median of {args.repeats})", ["kernel", "vs np.copyto", "target"], rows)
+
+    # Against the other implementations of the same e2m1 row fake-quantize.
+    versus = []
+    t_np = median_seconds(lambda: numpy_fake_quantize_row(x), max(3, args.repeats // 2))
+    versus.append(("numpy implementation", f"{t_np / t_fq:.1f}x", ">= 20x"))
+    try:
+        import ml_dtypes
+
+        amax = np.abs(x).max(axis=1, keepdims=True)
+        pre = (x / (amax / np.float32(6))).astype(np.float32)
+        t_ml = median_seconds(lambda: pre.astype(ml_dtypes.float4_e2m1fn), max(3, args.repeats // 2))
+        versus.append(("ml_dtypes astype(float4_e2m1fn) on the pre-scaled array", f"{t_ml / t_fq:.1f}x", ">= 20x"))
+    except ImportError:
+        versus.append(("ml_dtypes (not installed)", "-", ""))
+    print_table("fake_quantize e2m1 row speed-up over other implementations", ["baseline", "fp4swift speed-up", "target"], versus)
+
+
+if __name__ == "__main__":
+    main()
