@@ -7,7 +7,22 @@ The numpy API (spec: ../shared/fp4-spec.md):
     f4.fake_quantize(x, fmt="e2m1", granularity="row", scale_rule="absmax")
     qt = f4.quantize(x); qt.codes, qt.scales, qt.dequantize()
     f4.fidelity(x, x_hat)
+    y, saved = f4.linear_forward(x, w, b, "wang2025"); dx, dw, db = f4.linear_backward(dy, saved)
 """
+from .linear import (
+    CSR,
+    LinearSaved,
+    Recipe,
+    csr_matmul_t,
+    dge_derivative,
+    dge_surrogate,
+    linear_backward,
+    linear_forward,
+    occ,
+    occ_thresholds,
+    recipes,
+    register_recipe,
+)
 from ._native import FP4Error, FP4InternalError, FP4StateError, FP4ValueError, NonFiniteError
 from .quantization import (
     DEFAULT_BLOCK,
@@ -39,4 +54,6 @@ __all__ = [
     "FormatInfo", "QuantizedTensor", "QuantizerSpec",
     "decode", "encode", "fake_quantize", "fidelity", "format_info", "formats",
     "get_num_threads", "pack_fp4", "quantize", "set_num_threads", "unpack_fp4",
+    "CSR", "LinearSaved", "Recipe", "csr_matmul_t", "dge_derivative", "dge_surrogate",
+    "linear_backward", "linear_forward", "occ", "occ_thresholds", "recipes", "register_recipe",
 ]

@@ -35,7 +35,8 @@ def as_float32(x: Any, name: str = "x") -> np.ndarray:
     dt = arr.dtype
     if not (np.issubdtype(dt, np.floating) or _is_ml_dtypes_float(dt)):
         raise TypeError(f"{name} must hold floating-point values (float16/32/64 or bfloat16), got dtype {dt}")
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    # np.asarray keeps 0-d shapes (np.ascontiguousarray would make them 1-d).
+    return np.asarray(arr, dtype=np.float32, order="C")
 
 
 def as_matrix_shape(shape: Tuple[int, ...]) -> Tuple[int, int]:

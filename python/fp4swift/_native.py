@@ -12,7 +12,7 @@ import pathlib
 import warnings
 from ctypes import POINTER, c_char_p, c_double, c_float, c_int32, c_int64, c_uint8, c_uint64
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 # Status codes.
 OK = 0
@@ -67,11 +67,51 @@ class FormatInfo(ctypes.Structure):
     ]
 
 
+class LinearRecipe(ctypes.Structure):
+    """struct fp4swift_linear_recipe"""
+
+    _fields_ = [
+        ("quantize_input", c_int32),
+        ("input", Quantizer),
+        ("quantize_weight", c_int32),
+        ("weight", Quantizer),
+        ("quantize_gradient", c_int32),
+        ("gradient", Quantizer),
+        ("occ", c_int32),
+        ("occ_per_row", c_int32),
+        ("occ_compensate", c_int32),
+        ("occ_alpha", c_double),
+        ("dge", c_int32),
+        ("dge_k", c_float),
+        ("dge_clamp", c_float),
+    ]
+
+
+class LinearSaved(ctypes.Structure):
+    """struct fp4swift_linear_saved"""
+
+    _fields_ = [
+        ("x_codes", POINTER(c_uint8)),
+        ("x_codes_len", c_int64),
+        ("x_scales", POINTER(c_float)),
+        ("x_scales_len", c_int64),
+        ("x_tensor_scale", c_float),
+        ("residual_indptr", POINTER(c_int64)),
+        ("residual_indices", POINTER(c_int32)),
+        ("residual_values", POINTER(c_float)),
+        ("residual_capacity", c_int64),
+        ("residual_nnz", c_int64),
+    ]
+
+
 f32p = POINTER(c_float)
 u8p = POINTER(c_uint8)
 i64p = POINTER(c_int64)
 f64p = POINTER(c_double)
+i32p = POINTER(c_int32)
 QuantizerP = POINTER(Quantizer)
+RecipeP = POINTER(LinearRecipe)
+SavedP = POINTER(LinearSaved)
 
 # name: (restype, argtypes), in header order.
 SIGNATURES = {
@@ -90,6 +130,15 @@ SIGNATURES = {
     "fp4swift_quantize": (c_int32, [f32p, c_int64, c_int64, QuantizerP, u8p, c_int64, f32p, u8p, c_int64, f32p]),
     "fp4swift_dequantize": (c_int32, [u8p, c_int64, c_int64, c_int64, QuantizerP, f32p, c_int64, c_float, f32p]),
     "fp4swift_fidelity": (c_int32, [f32p, f32p, c_int64, f64p]),
+    "fp4swift_dge_derivative": (c_int32, [f32p, c_int64, c_int32, c_float, c_float, f32p]),
+    "fp4swift_dge_surrogate": (c_int32, [f32p, c_int64, c_int32, c_float, f32p]),
+    "fp4swift_occ_thresholds": (c_int32, [f32p, c_int64, c_int64, c_double, c_int32, f32p, f32p, c_int64]),
+    "fp4swift_occ_residual_capacity": (c_int32, [c_int64, c_int64, c_double, c_int32, i64p]),
+    "fp4swift_occ_clamp": (c_int32, [f32p, c_int64, c_int64, c_double, c_int32, f32p, i64p, i32p, f32p, c_int64, i64p]),
+    "fp4swift_csr_matmul_t": (c_int32, [i64p, i32p, f32p, c_int64, c_int64, c_int64, f32p, c_int64, f32p]),
+    "fp4swift_linear_saved_sizes": (c_int32, [c_int64, c_int64, RecipeP, i64p, i64p, i64p]),
+    "fp4swift_linear_forward": (c_int32, [f32p, c_int64, c_int64, f32p, c_int64, f32p, RecipeP, f32p, SavedP]),
+    "fp4swift_linear_backward": (c_int32, [f32p, c_int64, c_int64, f32p, f32p, c_int64, RecipeP, SavedP, f32p, f32p, f32p]),
 }
 
 

@@ -152,7 +152,7 @@ def decode(codes: Any, fmt: str) -> np.ndarray:
         raise TypeError(f"codes must be an unsigned integer array, got dtype {c.dtype}")
     if c.size and (c.min() < 0 or c.max() > 255):
         raise ValueError("codes must lie in 0..255")
-    c = np.ascontiguousarray(c, dtype=np.uint8)
+    c = np.asarray(c, dtype=np.uint8, order="C")
     check_choice(fmt, FORMATS, "format")
     out = np.empty(c.shape, dtype=np.float32)
     _native.check(_native.lib.fp4swift_decode(u8ptr(c), c.size, FORMATS.index(fmt), fptr(out)))

@@ -312,8 +312,8 @@ def ref_quantize(x, fmt: str = "e2m1", granularity: str = "row", scale_rule: str
 
     Groups holding NaN/inf come out all-NaN and are left out of nvfp4's tensor amax.
     """
-    x32 = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
-    shape = x32.shape
+    shape = np.shape(x)  # np.ascontiguousarray would turn a 0-d array into shape (1,)
+    x32 = np.array(x, dtype=np.float32, order="C").reshape(shape)
     rows, cols = matrix_shape(shape)
     kind, n = parse_granularity(granularity, block)
     X = x32.reshape(rows, cols)
@@ -337,14 +337,15 @@ def ref_quantize(x, fmt: str = "e2m1", granularity: str = "row", scale_rule: str
             v = (X * ratio[G]).astype(np.float32)
         else:
             v = (X / gs.scale[G]).astype(np.float32)
-        v = np.where(finite, v, np.float32(0))
+    zero_el = gs.zero[G]
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        v = np.where(finite & ~zero_el, v, np.float32(0))
         mag = round_magnitude_codes(np.abs(v.astype(np.float64)), fmt, rounding, u)
         q = np.copysign(magnitude_values(mag, fmt).astype(np.float32), v)
         if scale_rule == "nvfp4":
             xhat = ((q * gs.scale[G]).astype(np.float32) / gs.tensor_scale).astype(np.float32)
         else:
             xhat = (q * gs.scale[G]).astype(np.float32)
-    zero_el = gs.zero[G]
     xhat = np.where(zero_el, np.copysign(np.float32(0), X), xhat)
     xhat = np.where(bad[G], np.float32(np.nan), xhat).astype(np.float32)
     signs = np.signbit(X).astype(np.int64) * sign_bit(fmt)

@@ -19,7 +19,7 @@
 extern "C" {
 #endif
 
-#define FP4SWIFT_ABI_VERSION 1
+#define FP4SWIFT_ABI_VERSION 2
 
 /* Status codes. */
 #define FP4SWIFT_OK 0
@@ -106,6 +106,68 @@ int32_t fp4swift_dequantize(const uint8_t *codes, int64_t codes_len, int64_t row
 
 /* Fidelity (§5): out[0] cosine, out[1] MSE, out[2] SNR in dB; float64 accumulation. */
 int32_t fp4swift_fidelity(const float *x, const float *x_hat, int64_t n, double *out);
+
+/* DGE (§4): out[i] = f'(v[i]) (derivative) or the smooth surrogate f(v[i]), on an FP4 grid. */
+int32_t fp4swift_dge_derivative(const float *v, int64_t n, int32_t format, float k, float clamp, float *out);
+int32_t fp4swift_dge_surrogate(const float *v, int64_t n, int32_t format, float k, float *out);
+
+/* OCC (§5). Groups: the whole tensor (per_row = 0, one threshold pair) or each row. */
+int32_t fp4swift_occ_thresholds(const float *x, int64_t rows, int64_t cols, double alpha, int32_t per_row,
+                                float *lo, float *hi, int64_t n_groups);
+/* Upper bound on the residual's non-zeros. */
+int32_t fp4swift_occ_residual_capacity(int64_t rows, int64_t cols, double alpha, int32_t per_row,
+                                       int64_t *capacity);
+/* x_clamped (may be NULL) and the residual x - x_clamped as CSR (indptr: rows + 1 entries). */
+int32_t fp4swift_occ_clamp(const float *x, int64_t rows, int64_t cols, double alpha, int32_t per_row,
+                           float *x_clamped, int64_t *indptr, int32_t *indices, float *values,
+                           int64_t capacity, int64_t *nnz);
+/* y[rows, n] += R · w^T, R the CSR [rows, cols], w row-major [n, cols] (the compensation term). */
+int32_t fp4swift_csr_matmul_t(const int64_t *indptr, const int32_t *indices, const float *values,
+                              int64_t nnz, int64_t rows, int64_t cols, const float *w, int64_t n, float *y);
+
+/* FP4 linear layer (§6): X [T, K], W [N, K], bias [N], Y and dY [T, N]. */
+typedef struct fp4swift_linear_recipe {
+    int32_t quantize_input;    /* 0: X stays float32 */
+    fp4swift_quantizer input;
+    int32_t quantize_weight;
+    fp4swift_quantizer weight;
+    int32_t quantize_gradient; /* dY before both backward GEMMs */
+    fp4swift_quantizer gradient;
+    int32_t occ;               /* outlier clamping of X */
+    int32_t occ_per_row;
+    int32_t occ_compensate;
+    double occ_alpha;
+    int32_t dge;               /* 0: straight-through weight gradient */
+    float dge_k;
+    float dge_clamp;
+} fp4swift_linear_recipe;
+
+/* Caller-owned saved state: X_q codes + scales and the CSR residual. */
+typedef struct fp4swift_linear_saved {
+    uint8_t *x_codes;
+    int64_t x_codes_len;
+    float *x_scales;
+    int64_t x_scales_len;
+    float x_tensor_scale;      /* written by forward */
+    int64_t *residual_indptr;  /* T + 1 entries when residual_capacity > 0 */
+    int32_t *residual_indices;
+    float *residual_values;
+    int64_t residual_capacity;
+    int64_t residual_nnz;      /* written by forward */
+} fp4swift_linear_saved;
+
+int32_t fp4swift_linear_saved_sizes(int64_t tokens, int64_t in_features, const fp4swift_linear_recipe *recipe,
+                                    int64_t *x_codes_len, int64_t *x_scales_len, int64_t *residual_capacity);
+/* bias may be NULL. */
+int32_t fp4swift_linear_forward(const float *x, int64_t tokens, int64_t in_features,
+                                const float *w, int64_t out_features, const float *bias,
+                                const fp4swift_linear_recipe *recipe, float *y, fp4swift_linear_saved *saved);
+/* x: the forward input, needed (and read) only when the recipe keeps X in float32.
+ * dx, dw, db may be NULL to skip that gradient. */
+int32_t fp4swift_linear_backward(const float *dy, int64_t tokens, int64_t out_features,
+                                 const float *x, const float *w, int64_t in_features,
+                                 const fp4swift_linear_recipe *recipe, const fp4swift_linear_saved *saved,
+                                 float *dx, float *dw, float *db);
 
 #ifdef __cplusplus
 }

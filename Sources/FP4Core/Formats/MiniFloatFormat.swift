@@ -21,7 +21,8 @@ public struct MiniFloatFormat: Sendable, Equatable {
     public let hasSign: Bool
     /// Largest magnitude code that is a finite value.
     public let maxFiniteMagnitudeCode: Int
-    /// Magnitude code of NaN, if the format has one (e4m3: S.1111.111).
+    /// Magnitude code a NaN encodes to, if the format has NaN (e4m3: S.1111.111). Every
+    /// code above the largest finite one that is not infinity decodes to NaN.
     public let nanMagnitudeCode: Int?
     /// Magnitude code of infinity, if the format has one (e5m2).
     public let infMagnitudeCode: Int?
@@ -48,8 +49,7 @@ public struct MiniFloatFormat: Sendable, Equatable {
 
     /// The value of a magnitude code, computed from the field layout (exact in Float).
     public func magnitude(ofCode code: Int) -> Float {
-        if let nan = nanMagnitudeCode, code == nan { return .nan }
-        if let inf = infMagnitudeCode, code == inf { return .infinity }
+        if code > maxFiniteMagnitudeCode { return code == infMagnitudeCode ? .infinity : .nan }
         if isScaleOnly { return exactPow2(code - bias) }
         let e = code >> manBits
         let m = code & ((1 << manBits) - 1)
@@ -72,7 +72,7 @@ public struct MiniFloatFormat: Sendable, Equatable {
                         maxFiniteMagnitudeCode: 0x7E, nanMagnitudeCode: 0x7F, infMagnitudeCode: nil,
                         overflow: .saturate, isScaleOnly: false),
         MiniFloatFormat(name: "e5m2", expBits: 5, manBits: 2, bias: 15, hasSign: true,
-                        maxFiniteMagnitudeCode: 0x7B, nanMagnitudeCode: nil, infMagnitudeCode: 0x7C,
+                        maxFiniteMagnitudeCode: 0x7B, nanMagnitudeCode: 0x7E, infMagnitudeCode: 0x7C,
                         overflow: .infinity, isScaleOnly: false),
         MiniFloatFormat(name: "e8m0", expBits: 8, manBits: 0, bias: 127, hasSign: false,
                         maxFiniteMagnitudeCode: 254, nanMagnitudeCode: 255, infMagnitudeCode: nil,

@@ -8,8 +8,10 @@ extension Quantizer {
 
     /// Quantizes x into `codes` and returns its scales. Non-finite input throws,
     /// naming the first offending flat index (codes cannot represent it).
+    /// `dequantized`, when given, receives x̂ in the same pass (what a GEMM consumes).
     public func quantize(_ x: UnsafePointer<Float>, rows: Int, cols: Int,
-                         codes: UnsafeMutablePointer<UInt8>) throws -> TensorScales {
+                         codes: UnsafeMutablePointer<UInt8>,
+                         dequantized: UnsafeMutablePointer<Float>? = nil) throws -> TensorScales {
         let ts = try scales(of: x, rows: rows, cols: cols)
         if ts.nonFiniteCount > 0 {
             let i = Quantizer.firstNonFiniteIndex(x, count: rows * cols)
@@ -17,10 +19,11 @@ extension Quantizer {
         }
         let signBit = UInt8(format.signBit), infCode = Int32(format.infMagnitudeCode ?? format.maxFiniteMagnitudeCode)
         struct Run: RounderVisitor {
-            let q: Quantizer, x: UnsafePointer<Float>, codes: UnsafeMutablePointer<UInt8>, ts: TensorScales, enc: CodeWriter
-            func visit<R: MagnitudeRounder>(_ rounder: R) { q.quantizeRows(x, codes, ts, q.scaleRule == .nvfp4, enc, rounder) }
+            let q: Quantizer, x: UnsafePointer<Float>, codes: UnsafeMutablePointer<UInt8>, ts: TensorScales
+            let fake: UnsafeMutablePointer<Float>?, enc: CodeWriter
+            func visit<R: MagnitudeRounder>(_ rounder: R) { q.quantizeRows(x, codes, fake, ts, q.scaleRule == .nvfp4, enc, rounder) }
         }
-        withRounder(Run(q: self, x: x, codes: codes, ts: ts,
+        withRounder(Run(q: self, x: x, codes: codes, ts: ts, fake: dequantized,
                         enc: CodeWriter(grid: GridParameters(format), signBit: signBit, infCode: infCode)))
         return ts
     }
@@ -38,7 +41,7 @@ extension Quantizer {
     }
 
     func quantizeRows<R: MagnitudeRounder>(_ x: UnsafePointer<Float>, _ codes: UnsafeMutablePointer<UInt8>,
-                                           _ ts: TensorScales, _ twoLevel: Bool, _ enc: CodeWriter, _ rounder: R) {
+                                           _ fake: UnsafeMutablePointer<Float>?, _ ts: TensorScales, _ twoLevel: Bool, _ enc: CodeWriter, _ rounder: R) {
         let L = ts.layout
         let packed = format.isFP4
         // Chunks start at an even flat index so no two chunks share a packed byte.
@@ -58,10 +61,11 @@ extension Quantizer {
                         let dst = scratch - first
                         if g.isZero {
                             for i in start..<end { dst[i] = x[i].sign == .minus ? enc.signBit : 0 }
+                            if let fake { for i in start..<end { fake[i] = x[i] * 0 } }
                         } else if twoLevel {
-                            Quantizer.codeSegment(x, dst, start..<end, TwoLevelScaling(sb: g.scale, tensorScale: g.tensorScale), rounder, enc)
+                            Quantizer.codeSegment(x, dst, fake, start..<end, TwoLevelScaling(sb: g.scale, tensorScale: g.tensorScale), rounder, enc)
                         } else {
-                            Quantizer.codeSegment(x, dst, start..<end, DivideScaling(s: g.scale), rounder, enc)
+                            Quantizer.codeSegment(x, dst, fake, start..<end, DivideScaling(s: g.scale), rounder, enc)
                         }
                     }
                 }
@@ -72,12 +76,21 @@ extension Quantizer {
 
     @inline(__always)
     static func codeSegment<S: ElementScaling, R: MagnitudeRounder>(
-        _ x: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<UInt8>, _ range: Range<Int>,
-        _ scaling: S, _ rounder: R, _ enc: CodeWriter
+        _ x: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<UInt8>, _ fake: UnsafeMutablePointer<Float>?,
+        _ range: Range<Int>, _ scaling: S, _ rounder: R, _ enc: CodeWriter
     ) {
-        for i in range {
-            let v = scaling.toGrid(x[i])
-            dst[i] = enc.code(v, rounder.round(abs(v), index: i))
+        if let fake {
+            for i in range {
+                let v = scaling.toGrid(x[i])
+                let r = rounder.round(abs(v), index: i)
+                dst[i] = enc.code(v, r)
+                fake[i] = scaling.fromGrid(withSign(of: v, r))
+            }
+        } else {
+            for i in range {
+                let v = scaling.toGrid(x[i])
+                dst[i] = enc.code(v, rounder.round(abs(v), index: i))
+            }
         }
     }
 

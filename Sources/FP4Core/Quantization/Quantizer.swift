@@ -185,9 +185,9 @@ struct NearestEvenRounder: MagnitudeRounder {
 }
 
 /// Ties to the even code for formats without mantissa bits (e3m0).
-struct NearestEvenCodeRounder: MagnitudeRounder {
+struct NearestEvenExponentRounder: MagnitudeRounder {
     let grid: GridParameters
-    @inline(__always) func round(_ a: Float, index: Int) -> Float { grid.roundNearestEvenCode(a) }
+    @inline(__always) func round(_ a: Float, index: Int) -> Float { grid.roundNearestEvenExponent(a) }
 }
 
 struct NearestAwayRounder: MagnitudeRounder {
@@ -215,7 +215,7 @@ extension Quantizer {
         let grid = GridParameters(format)
         switch rounding {
         case .nearestEven:
-            return grid.manBits > 0 ? v.visit(NearestEvenRounder(grid: grid)) : v.visit(NearestEvenCodeRounder(grid: grid))
+            return grid.manBits > 0 ? v.visit(NearestEvenRounder(grid: grid)) : v.visit(NearestEvenExponentRounder(grid: grid))
         case .nearestAway: return v.visit(NearestAwayRounder(grid: grid))
         case .stochastic: return v.visit(StochasticRounder(grid: grid, key: CounterRNG.key(seed: seed)))
         }
@@ -235,6 +235,14 @@ extension Quantizer {
     public func fakeQuantize(_ x: UnsafePointer<Float>, rows: Int, cols: Int,
                              into out: UnsafeMutablePointer<Float>,
                              nonFinite policy: NonFinitePolicy = .propagate) throws -> Int {
+        try fakeQuantizeReturningScales(x, rows: rows, cols: cols, into: out, nonFinite: policy).nonFiniteCount
+    }
+
+    /// `fakeQuantize` that also hands back the group scales (the DGE of the weight
+    /// gradient needs v = W / s with the very scales the forward used).
+    public func fakeQuantizeReturningScales(_ x: UnsafePointer<Float>, rows: Int, cols: Int,
+                                            into out: UnsafeMutablePointer<Float>,
+                                            nonFinite policy: NonFinitePolicy = .propagate) throws -> TensorScales {
         let ts = try scales(of: x, rows: rows, cols: cols)
         if ts.nonFiniteCount > 0 && policy == .raise {
             let i = Quantizer.firstNonFiniteIndex(x, count: rows * cols)
@@ -245,7 +253,7 @@ extension Quantizer {
             func visit<R: MagnitudeRounder>(_ rounder: R) { Quantizer.fakeQuantizeRows(x, out, ts, twoLevel, rounder) }
         }
         withRounder(Run(x: x, out: out, ts: ts, twoLevel: scaleRule == .nvfp4))
-        return ts.nonFiniteCount
+        return ts
     }
 
     static func fakeQuantizeRows<R: MagnitudeRounder>(_ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>,

@@ -96,26 +96,27 @@ public struct GridParameters: Sendable {
         return finish((a * toUnits(e)).rounded(.toNearestOrEven), e)
     }
 
-    /// Nearest, ties to the even magnitude code, for any format. With manBits == 0 (e3m0)
-    /// the code LSB is the exponent LSB, so the parity comes from the binade.
+    /// Nearest, ties to the even magnitude code, for formats without mantissa bits (e3m0),
+    /// where the code LSB is the exponent LSB: in binade e the lower neighbour (q = 1) has
+    /// code e − emin + 1; below the smallest normal the lower neighbour is code 0 (even).
     @inlinable @inline(__always)
-    public func roundNearestEvenCode(_ a0: Float) -> Float {
+    public func roundNearestEvenExponent(_ a0: Float) -> Float {
         let a = Swift.min(a0, clampLimit), e = binade(a)
         let q = a * toUnits(e)
         let fl = q.rounded(.down), frac = q - fl
-        let implicit = Float(Int32(1) << manBits)
-        // Code of the lower neighbour: subnormal units are the code; otherwise exponent field + mantissa.
-        let units = smallInteger(fl)
-        let loCode: Int32 = fl < implicit ? units : ((e &- minExponent &+ 1) << manBits) &+ units &- Int32(1 << manBits)
-        let up = frac > 0.5 || (frac == 0.5 && (loCode & 1) != 0)
+        let loOdd = fl >= 1 && ((e &- minExponent &+ 1) & 1) != 0
+        let up = frac > 0.5 || (frac == 0.5 && loOdd)
         return finish(fl + (up ? 1 : 0), e)
     }
 
-    /// Nearest, ties away from zero.
+    /// Nearest, ties away from zero. (floor(q + ½) would be wrong below q = ½, where the
+    /// addition rounds; comparing the exact fraction is not.)
     @inlinable @inline(__always)
     public func roundNearestAway(_ a0: Float) -> Float {
         let a = Swift.min(a0, clampLimit), e = binade(a)
-        return finish((a * toUnits(e) + 0.5).rounded(.down), e)  // q < 2^(manBits+1): q + 0.5 is exact
+        let q = a * toUnits(e)
+        let fl = q.rounded(.down)
+        return finish(fl + ((q - fl) >= 0.5 ? 1 : 0), e)
     }
 
     /// Up with probability (a − lo) / (hi − lo) = frac(q), given a uniform draw u ∈ [0, 1).
@@ -132,7 +133,7 @@ public struct GridParameters: Sendable {
     @inlinable
     public func roundMagnitude(_ a: Float, _ mode: Rounding, _ u: Float) -> Float {
         switch mode {
-        case .nearestEven: return manBits > 0 ? roundNearestEvenMantissa(a) : roundNearestEvenCode(a)
+        case .nearestEven: return manBits > 0 ? roundNearestEvenMantissa(a) : roundNearestEvenExponent(a)
         case .nearestAway: return roundNearestAway(a)
         case .stochastic: return roundStochastic(a, u)
         }

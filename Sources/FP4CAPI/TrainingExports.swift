@@ -1,0 +1,208 @@
+import FP4CABI
+import FP4Core
+
+// @_cdecl exports of DGE, OCC and the linear layer. Signatures: fp4swift.h.
+
+func checkAlpha(_ alpha: Double) throws {
+    guard alpha > 0.5, alpha <= 1 else { throw invalid("alpha must lie in (0.5, 1], got \(alpha)") }
+}
+
+/// A CSR matrix from C must be well-formed before any kernel indexes with it.
+func checkCSR(_ indptr: UnsafePointer<Int64>, _ indices: UnsafePointer<Int32>, nnz: Int, rows: Int, cols: Int) throws {
+    guard indptr[0] == 0, indptr[rows] == Int64(nnz) else {
+        throw invalid("CSR row pointers must start at 0 and end at nnz (\(nnz))")
+    }
+    for r in 0..<rows where indptr[r + 1] < indptr[r] {
+        throw invalid("CSR row pointers must be non-decreasing (row \(r))")
+    }
+    for i in 0..<nnz where indices[i] < 0 || Int(indices[i]) >= cols {
+        throw invalid("CSR column index \(indices[i]) at entry \(i) is outside 0..<\(cols)")
+    }
+}
+
+@_cdecl("fp4swift_dge_derivative")
+public func fp4swift_dge_derivative(_ v: UnsafePointer<Float>?, _ n: Int64, _ fmt: Int32, _ k: Float, _ clamp: Float,
+                                    _ out: UnsafeMutablePointer<Float>?) -> Int32 {
+    guarded {
+        let count = try elementCount(1, n)
+        let dge = try DGE(format: try format(fmt), k: k, clamp: clamp)
+        guard count > 0 else { return }
+        dge.derivatives(try required(v, "v"), count: count, into: try required(out, "out"))
+    }
+}
+
+@_cdecl("fp4swift_dge_surrogate")
+public func fp4swift_dge_surrogate(_ v: UnsafePointer<Float>?, _ n: Int64, _ fmt: Int32, _ k: Float,
+                                   _ out: UnsafeMutablePointer<Float>?) -> Int32 {
+    guarded {
+        let count = try elementCount(1, n)
+        let dge = try DGE(format: try format(fmt), k: k, clamp: .infinity)
+        guard count > 0 else { return }
+        let vs = try required(v, "v"), o = try required(out, "out")
+        for i in 0..<count { o[i] = dge.surrogate(vs[i]) }
+    }
+}
+
+@_cdecl("fp4swift_occ_thresholds")
+public func fp4swift_occ_thresholds(_ x: UnsafePointer<Float>?, _ rows: Int64, _ cols: Int64, _ alpha: Double, _ perRow: Int32,
+                                    _ lo: UnsafeMutablePointer<Float>?, _ hi: UnsafeMutablePointer<Float>?, _ nGroups: Int64) -> Int32 {
+    guarded {
+        let n = try elementCount(rows, cols)
+        try checkAlpha(alpha)
+        guard n > 0 else { return }
+        let th = try OCC.thresholds(try required(x, "x"), rows: Int(rows), cols: Int(cols), alpha: alpha, perRow: perRow != 0)
+        try checkLength(Int(nGroups), atLeast: th.count, "lo/hi")
+        let l = try required(lo, "lo"), h = try required(hi, "hi")
+        for g in 0..<th.count {
+            l[g] = th[g].lo
+            h[g] = th[g].hi
+        }
+    }
+}
+
+@_cdecl("fp4swift_occ_residual_capacity")
+public func fp4swift_occ_residual_capacity(_ rows: Int64, _ cols: Int64, _ alpha: Double, _ perRow: Int32,
+                                           _ capacity: UnsafeMutablePointer<Int64>?) -> Int32 {
+    guarded {
+        _ = try elementCount(rows, cols)
+        try checkAlpha(alpha)
+        try required(capacity, "capacity").pointee =
+            Int64(OCC.residualCapacity(rows: Int(rows), cols: Int(cols), alpha: alpha, perRow: perRow != 0))
+    }
+}
+
+@_cdecl("fp4swift_occ_clamp")
+public func fp4swift_occ_clamp(_ x: UnsafePointer<Float>?, _ rows: Int64, _ cols: Int64, _ alpha: Double, _ perRow: Int32,
+                               _ xc: UnsafeMutablePointer<Float>?, _ indptr: UnsafeMutablePointer<Int64>?,
+                               _ indices: UnsafeMutablePointer<Int32>?, _ values: UnsafeMutablePointer<Float>?,
+                               _ capacity: Int64, _ nnz: UnsafeMutablePointer<Int64>?) -> Int32 {
+    guarded {
+        let n = try elementCount(rows, cols)
+        try checkAlpha(alpha)
+        guard cols <= Int64(Int32.max) else { throw invalid("cols above 2^31 − 1 do not fit CSR column indices") }
+        let ip = try required(indptr, "indptr")
+        let need = OCC.residualCapacity(rows: Int(rows), cols: Int(cols), alpha: alpha, perRow: perRow != 0)
+        try checkLength(Int(capacity), atLeast: need, "residual")
+        for r in 0...Int(rows) { ip[r] = 0 }
+        try required(nnz, "nnz").pointee = 0
+        guard n > 0 else { return }
+        let th = try OCC.thresholds(try required(x, "x"), rows: Int(rows), cols: Int(cols), alpha: alpha, perRow: perRow != 0)
+        let count = try OCC.clampAndResidual(try required(x, "x"), rows: Int(rows), cols: Int(cols), thresholds: th, clamped: xc,
+                                             indptr: ip, indices: try required(indices, "indices"),
+                                             values: try required(values, "values"), capacity: Int(capacity))
+        try required(nnz, "nnz").pointee = Int64(count)
+    }
+}
+
+@_cdecl("fp4swift_csr_matmul_t")
+public func fp4swift_csr_matmul_t(_ indptr: UnsafePointer<Int64>?, _ indices: UnsafePointer<Int32>?, _ values: UnsafePointer<Float>?,
+                                  _ nnz: Int64, _ rows: Int64, _ cols: Int64, _ w: UnsafePointer<Float>?, _ n: Int64,
+                                  _ y: UnsafeMutablePointer<Float>?) -> Int32 {
+    guarded {
+        _ = try elementCount(rows, cols)
+        _ = try elementCount(rows, n)
+        _ = try elementCount(n, cols)
+        guard nnz >= 0 else { throw invalid("nnz must be non-negative") }
+        let ip = try required(indptr, "indptr")
+        guard rows > 0, n > 0 else { return }
+        let ix = try required(indices, "indices")
+        try checkCSR(ip, ix, nnz: Int(nnz), rows: Int(rows), cols: Int(cols))
+        OCC.csrMatmulTransposed(indptr: ip, indices: ix, values: try required(values, "values"), rows: Int(rows), cols: Int(cols),
+                                w: try required(w, "w"), n: Int(n), into: try required(y, "y"))
+    }
+}
+
+/// The Swift recipe a C descriptor describes.
+func linearRecipe(_ rp: UnsafePointer<fp4swift_linear_recipe>?) throws -> LinearRecipe {
+    let r = try required(rp, "recipe").pointee
+    func quant(_ on: Int32, _ q: fp4swift_quantizer) throws -> Quantizer? {
+        guard on != 0 else { return nil }
+        return try withUnsafePointer(to: q) { try quantizer($0).0 }
+    }
+    let recipe = LinearRecipe(
+        input: try quant(r.quantize_input, r.input),
+        weight: try quant(r.quantize_weight, r.weight),
+        gradient: try quant(r.quantize_gradient, r.gradient),
+        occ: r.occ != 0 ? OCCConfig(alpha: r.occ_alpha, perRow: r.occ_per_row != 0, compensate: r.occ_compensate != 0) : nil,
+        dge: r.dge != 0 ? DGEConfig(k: r.dge_k, clamp: r.dge_clamp) : nil)
+    try recipe.validate()
+    return recipe
+}
+
+func linearSaved(_ sp: UnsafePointer<fp4swift_linear_saved>?) throws -> LinearSaved {
+    let s = try required(sp, "saved").pointee
+    return LinearSaved(xCodes: s.x_codes, xCodesCount: Int(s.x_codes_len), xScales: s.x_scales, xScalesCount: Int(s.x_scales_len),
+                       xTensorScale: s.x_tensor_scale, residualIndptr: s.residual_indptr, residualIndices: s.residual_indices,
+                       residualValues: s.residual_values, residualCapacity: Int(s.residual_capacity), residualNNZ: Int(s.residual_nnz))
+}
+
+@_cdecl("fp4swift_linear_saved_sizes")
+public func fp4swift_linear_saved_sizes(_ T: Int64, _ K: Int64, _ rp: UnsafePointer<fp4swift_linear_recipe>?,
+                                        _ codes: UnsafeMutablePointer<Int64>?, _ scales: UnsafeMutablePointer<Int64>?,
+                                        _ capacity: UnsafeMutablePointer<Int64>?) -> Int32 {
+    guarded {
+        _ = try elementCount(T, K)
+        let sizes = try LinearLayer.savedSizes(tokens: Int(T), inFeatures: Int(K), recipe: try linearRecipe(rp))
+        try required(codes, "x_codes_len").pointee = Int64(sizes.xCodes)
+        try required(scales, "x_scales_len").pointee = Int64(sizes.xScales)
+        try required(capacity, "residual_capacity").pointee = Int64(sizes.residualCapacity)
+    }
+}
+
+@_cdecl("fp4swift_linear_forward")
+public func fp4swift_linear_forward(_ x: UnsafePointer<Float>?, _ T: Int64, _ K: Int64, _ w: UnsafePointer<Float>?, _ N: Int64,
+                                    _ bias: UnsafePointer<Float>?, _ rp: UnsafePointer<fp4swift_linear_recipe>?,
+                                    _ y: UnsafeMutablePointer<Float>?, _ sp: UnsafeMutablePointer<fp4swift_linear_saved>?) -> Int32 {
+    guarded {
+        _ = try elementCount(T, K)
+        _ = try elementCount(N, K)
+        _ = try elementCount(T, N)
+        let recipe = try linearRecipe(rp)
+        let savedPointer = try required(sp, "saved")
+        var saved = try linearSaved(UnsafePointer(savedPointer))
+        if let cap = Optional(saved.residualCapacity), cap > 0, saved.residualIndptr == nil || saved.residualIndices == nil || saved.residualValues == nil {
+            throw invalid("residual buffers are NULL but residual_capacity is \(cap)")
+        }
+        guard T > 0, N > 0 else { return }
+        try LinearLayer.forward(x: try required(x, "x"), tokens: Int(T), inFeatures: Int(K), w: try required(w, "w"), outFeatures: Int(N),
+                                bias: bias, recipe: recipe, y: try required(y, "y"), saved: &saved)
+        savedPointer.pointee.x_tensor_scale = saved.xTensorScale
+        savedPointer.pointee.residual_nnz = Int64(saved.residualNNZ)
+    }
+}
+
+@_cdecl("fp4swift_linear_backward")
+public func fp4swift_linear_backward(_ dy: UnsafePointer<Float>?, _ T: Int64, _ N: Int64, _ x: UnsafePointer<Float>?,
+                                     _ w: UnsafePointer<Float>?, _ K: Int64, _ rp: UnsafePointer<fp4swift_linear_recipe>?,
+                                     _ sp: UnsafePointer<fp4swift_linear_saved>?, _ dx: UnsafeMutablePointer<Float>?,
+                                     _ dw: UnsafeMutablePointer<Float>?, _ db: UnsafeMutablePointer<Float>?) -> Int32 {
+    guarded {
+        _ = try elementCount(T, K)
+        _ = try elementCount(N, K)
+        _ = try elementCount(T, N)
+        let recipe = try linearRecipe(rp)
+        let saved = try linearSaved(sp)
+        let sizes = try LinearLayer.savedSizes(tokens: Int(T), inFeatures: Int(K), recipe: recipe)
+        guard saved.xCodesCount >= sizes.xCodes, saved.xScalesCount >= sizes.xScales else {
+            throw FP4Error(.invalidState, "the saved state does not match these shapes and recipe")
+        }
+        if saved.residualNNZ > 0 {
+            guard saved.residualNNZ <= saved.residualCapacity, let ip = saved.residualIndptr, let ix = saved.residualIndices,
+                  saved.residualValues != nil else {
+                throw FP4Error(.invalidState, "the saved residual is inconsistent")
+            }
+            try checkCSR(ip, ix, nnz: saved.residualNNZ, rows: Int(T), cols: Int(K))
+        }
+        // Empty shapes: every gradient is zero (or empty).
+        if T == 0 || N == 0 || K == 0 {
+            if let dx { for i in 0..<Int(T * K) { dx[i] = 0 } }
+            if let dw { for i in 0..<Int(N * K) { dw[i] = 0 } }
+            if let db { for i in 0..<Int(N) { db[i] = 0 } }
+            if T > 0 && N > 0, let db { LinearLayer.columnSums(try required(dy, "dy"), rows: Int(T), cols: Int(N), into: db) }
+            return
+        }
+        if recipe.input == nil && dw != nil && x == nil { throw invalid("a float32-input recipe needs x in the backward") }
+        try LinearLayer.backward(dy: try required(dy, "dy"), tokens: Int(T), outFeatures: Int(N), x: x, w: try required(w, "w"),
+                                 inFeatures: Int(K), recipe: recipe, saved: saved, dx: dx, dw: dw, db: db)
+    }
+}

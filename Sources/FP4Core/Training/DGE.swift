@@ -1,0 +1,138 @@
+/// The differentiable gradient estimator of Wang et al. (spec §4).
+///
+/// Each quantization step [a, a+δ] is modelled by the smooth
+///     f(x) = (δ/2) · (1 + sign(2x/δ − 1) · |2x/δ − 1|^(1/k)),   x = |v| − a ∈ [0, δ],
+/// whose derivative f'(x) = (1/k) · |2x/δ − 1|^(1/k − 1), clamped to at most C, replaces
+/// the straight-through estimator's 1 in the weight gradient. Intervals come from the
+/// format's grid: half-open [a, a+δ), except the last, which is closed [g₆, max];
+/// |v| > max gives 0.
+public struct DGE: Sendable {
+    public let format: MiniFloatFormat
+    public let k: Float
+    public let clamp: Float
+    let grid: GridParameters
+    let exponent: Float  // 1/k − 1
+    let lastInterval: Float  // δ of the interval ending at max
+    let atMidpoint: Float  // f' at t = 0: C when 1/k − 1 < 0, min(1/k, C) when k = 1, 0 when k < 1
+
+    public init(format: MiniFloatFormat = .e2m1, k: Float = 5, clamp: Float = 3) throws {
+        guard format.isFP4 else { throw FP4Error.invalid("DGE is defined for FP4 grids (e2m1, e1m2, e3m0), got \(format.name)") }
+        guard k > 0, k.isFinite else { throw FP4Error.invalid("DGE needs k > 0, got \(k)") }
+        guard clamp > 0, !clamp.isNaN else { throw FP4Error.invalid("DGE needs a positive clamp, got \(clamp)") }
+        self.format = format
+        self.k = k
+        self.clamp = clamp
+        self.grid = GridParameters(format)
+        self.exponent = 1 / k - 1
+        let g = ElementCodec.of(format).decodeTable
+        self.lastInterval = g[format.maxFiniteMagnitudeCode] - g[format.maxFiniteMagnitudeCode - 1]
+        let e = 1 / k - 1
+        self.atMidpoint = e < 0 ? clamp : (e == 0 ? Swift.min(1 / k, clamp) : 0)
+    }
+
+    /// Interval of |v| on the grid: (left end a, width δ), with max in the closed last interval.
+    @inline(__always)
+    func interval(_ a: Float) -> (lo: Float, delta: Float) {
+        let e = grid.binade(a)
+        let delta = grid.toValue(e)
+        let lo = (a * grid.toUnits(e)).rounded(.down) * delta
+        let atMax = a >= grid.maxValue
+        return (atMax ? grid.maxValue - lastInterval : lo, atMax ? lastInterval : delta)
+    }
+
+    /// t = 2x/δ − 1 ∈ [−1, 1] for |v| ≤ max.
+    @inline(__always)
+    func position(_ a: Float) -> Float {
+        let (lo, delta) = interval(a)
+        return 2 * (a - lo) / delta - 1
+    }
+
+    /// f'(v): the DGE derivative for a value v on the grid scale (v = W / s_w).
+    @inline(__always)
+    public func derivative(_ v: Float) -> Float {
+        let a = abs(v)
+        let t = abs(position(Swift.min(a, grid.maxValue)))
+        // (1/k)·|t|^(1/k − 1), clamped; t = 0 (interval midpoint) is taken separately.
+        let d = Swift.min(exp2Approx(exponent * log2Approx(t)) / k, clamp)
+        return a > grid.maxValue ? 0 : (t == 0 ? atMidpoint : d)
+    }
+
+    /// The smooth surrogate f applied to v: sign(v) · (a + f(|v| − a)); |v| > max saturates.
+    public func surrogate(_ v: Float) -> Float {
+        let a = Swift.min(abs(v), grid.maxValue)
+        let (lo, delta) = interval(a)
+        let t = 2 * (a - lo) / delta - 1
+        let p = t == 0 ? 0 : exp2Approx(log2Approx(abs(t)) / k)
+        let f = (delta / 2) * (1 + (t < 0 ? -p : p))
+        return withSign(of: v, lo + f)
+    }
+
+    /// out[i] = f'(v[i]) for a buffer (vectorizes).
+    public func derivatives(_ v: UnsafePointer<Float>, count: Int, into out: UnsafeMutablePointer<Float>) {
+        Parallel.forChunks(count: count, grain: Parallel.grain(count: count, minItems: 1 << 15)) { range in
+            for i in range { out[i] = derivative(v[i]) }
+        }
+    }
+
+    /// g[i] *= f'(w[i] / s) over one scale group: the DGE factor of the weight gradient,
+    /// with v = w / s computed exactly as the quantizer does.
+    @inline(__always)
+    public func scaleGradient(_ g: UnsafeMutablePointer<Float>, _ w: UnsafePointer<Float>, _ range: Range<Int>, scale s: Float) {
+        for i in range { g[i] *= derivative(w[i] / s) }
+    }
+}
+
+// MARK: - Vectorizable log2 / exp2 (branch-free, float32, ~1e-7 relative error)
+
+/// log2(x) for x > 0 (float32 normals and subnormals); −inf at 0. Splits x = m·2^e with
+/// m ∈ [√½, √2) and sums log(m) = 2·atanh((m−1)/(m+1)) to the f¹¹ term (|f| ≤ 0.172).
+@inlinable @inline(__always)
+public func log2Approx(_ x0: Float) -> Float {
+    // Scale subnormals into the normal range first (exact).
+    let sub = x0 < 0x1p-126
+    let x = sub ? x0 * 0x1p64 : x0
+    let bits = x.bitPattern
+    var e = Int32(bitPattern: bits >> 23) &- 127
+    var m = Float(bitPattern: (bits & 0x007F_FFFF) | 0x3F80_0000)  // [1, 2)
+    let big = m > 1.41421356
+    m = big ? m * 0.5 : m
+    e = big ? e &+ 1 : e
+    let f: Float = (m - 1) / (m + 1)
+    let f2: Float = f * f
+    // Horner form, one typed step at a time (long literal chains make the type checker crawl).
+    var series: Float = 1.0 / 11
+    series = series * f2 + 1.0 / 9
+    series = series * f2 + 1.0 / 7
+    series = series * f2 + 1.0 / 5
+    series = series * f2 + 1.0 / 3
+    series = series * f2 + 1
+    let lnm: Float = 2 * f * series
+    let exponent: Float = Float(e) - (sub ? 64 : 0)
+    let r: Float = exponent + lnm * 1.44269504088896
+    return x0 == 0 ? -.infinity : r
+}
+
+/// 2^y for y in about [−126, 127]; +inf above, 0 below. 2^y = 2^n · e^(r·ln2),
+/// n = round(y), |r| ≤ ½, Taylor series to r⁷ (error < 1e-8 relative).
+@inlinable @inline(__always)
+public func exp2Approx(_ y0: Float) -> Float {
+    let y = Swift.min(Swift.max(y0, -126), 127)
+    let n = y.rounded(.toNearestOrEven)
+    let r: Float = (y - n) * 0.693147180559945
+    var p: Float = 1.0 / 5040
+    p = p * r + 1.0 / 720
+    p = p * r + 1.0 / 120
+    p = p * r + 1.0 / 24
+    p = p * r + 1.0 / 6
+    p = p * r + 0.5
+    p = p * r + 1
+    p = p * r + 1
+    let scale = Float(bitPattern: UInt32(bitPattern: (smallIntegerSigned(n) &+ 127) << 23))
+    return y0 > 127 ? .infinity : (y0 < -126 ? 0 : p * scale)
+}
+
+/// An integer-valued Float in [−2^22, 2^22] as Int32 without a trapping conversion.
+@inlinable @inline(__always)
+func smallIntegerSigned(_ f: Float) -> Int32 {
+    Int32(bitPattern: (f + 0x1.8p23).bitPattern & 0x7F_FFFF) &- 0x40_0000
+}

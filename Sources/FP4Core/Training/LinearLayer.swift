@@ -1,0 +1,260 @@
+/// Caller-owned buffers of what the forward saves for the backward (spec §6): X_q as
+/// codes + scales and the sparse OCC residual, never a float32 copy of X. W is not
+/// saved: the backward recomputes W_q from W.
+public struct LinearSaved {
+    public var xCodes: UnsafeMutablePointer<UInt8>?
+    public var xCodesCount: Int
+    public var xScales: UnsafeMutablePointer<Float>?
+    public var xScalesCount: Int
+    public var xTensorScale: Float
+    public var residualIndptr: UnsafeMutablePointer<Int64>?
+    public var residualIndices: UnsafeMutablePointer<Int32>?
+    public var residualValues: UnsafeMutablePointer<Float>?
+    public var residualCapacity: Int
+    public var residualNNZ: Int
+
+    public init(xCodes: UnsafeMutablePointer<UInt8>?, xCodesCount: Int, xScales: UnsafeMutablePointer<Float>?,
+                xScalesCount: Int, xTensorScale: Float = 1,
+                residualIndptr: UnsafeMutablePointer<Int64>?, residualIndices: UnsafeMutablePointer<Int32>?,
+                residualValues: UnsafeMutablePointer<Float>?, residualCapacity: Int, residualNNZ: Int = 0) {
+        self.xCodes = xCodes
+        self.xCodesCount = xCodesCount
+        self.xScales = xScales
+        self.xScalesCount = xScalesCount
+        self.xTensorScale = xTensorScale
+        self.residualIndptr = residualIndptr
+        self.residualIndices = residualIndices
+        self.residualValues = residualValues
+        self.residualCapacity = residualCapacity
+        self.residualNNZ = residualNNZ
+    }
+}
+
+/// Sizes of the saved-state buffers for a [tokens, inFeatures] input.
+public struct LinearSavedSizes: Sendable, Equatable {
+    public var xCodes: Int
+    public var xScales: Int
+    /// Upper bound on the residual's non-zeros (0 without OCC compensation).
+    public var residualCapacity: Int
+    /// Rows of the residual's CSR (indptr holds residualRows + 1 entries).
+    public var residualRows: Int
+}
+
+/// Float32 scratch memory for one call.
+final class Scratch {
+    let pointer: UnsafeMutablePointer<Float>
+    init(_ count: Int) { pointer = .allocate(capacity: Swift.max(count, 1)) }
+    deinit { pointer.deallocate() }
+}
+
+/// The FP4 linear layer Y = X·Wᵀ + b under a `LinearRecipe` (spec §6).
+/// Shapes: X [T, K], W [N, K], b [N], Y and dY [T, N].
+public enum LinearLayer {
+    public static func savedSizes(tokens T: Int, inFeatures K: Int, recipe: LinearRecipe) throws -> LinearSavedSizes {
+        try recipe.validate()
+        guard let q = recipe.input else { return LinearSavedSizes(xCodes: 0, xScales: 0, residualCapacity: 0, residualRows: 0) }
+        let L = try q.granularity.layout(rows: T, cols: K)
+        var cap = 0
+        if let occ = recipe.occ, occ.compensate {
+            cap = OCC.residualCapacity(rows: T, cols: K, alpha: occ.alpha, perRow: occ.perRow)
+        }
+        return LinearSavedSizes(xCodes: q.codeBytes(count: T * K), xScales: L.groupCount,
+                                residualCapacity: cap, residualRows: T)
+    }
+
+    static func checkShapes(_ T: Int, _ K: Int, _ N: Int) throws {
+        guard T >= 0, K >= 0, N >= 0 else { throw FP4Error.invalid("shapes must be non-negative, got T=\(T) K=\(K) N=\(N)") }
+        let limit = Int(Int32.max)
+        guard T <= limit, K <= limit, N <= limit else { throw FP4Error.invalid("dimensions above 2^31 − 1 are not supported by the BLAS interface") }
+    }
+
+    /// Forward. Non-finite X or W under a quantized recipe throws (codes cannot hold them);
+    /// the float32 recipe lets them propagate like any GEMM.
+    public static func forward(x: UnsafePointer<Float>, tokens T: Int, inFeatures K: Int,
+                               w: UnsafePointer<Float>, outFeatures N: Int, bias: UnsafePointer<Float>?,
+                               recipe: LinearRecipe, y: UnsafeMutablePointer<Float>,
+                               saved: inout LinearSaved) throws {
+        try checkShapes(T, K, N)
+        try recipe.validate()
+        let sizes = try savedSizes(tokens: T, inFeatures: K, recipe: recipe)
+        guard saved.xCodesCount >= sizes.xCodes, saved.xScalesCount >= sizes.xScales,
+              saved.residualCapacity >= sizes.residualCapacity else {
+            throw FP4Error.invalid("saved-state buffers are smaller than fp4swift_linear_saved_sizes reports")
+        }
+        saved.residualNNZ = 0
+        saved.xTensorScale = 1
+
+        // Activations: OCC clamp (+ sparse residual), then quantize to saved codes; the GEMM
+        // reads the dequantized values.
+        var xOperand = x
+        var xq: Scratch?
+        if let q = recipe.input {
+            var source = x
+            var clamped: Scratch?
+            if let occ = recipe.occ {
+                let thresholds = try OCC.thresholds(x, rows: T, cols: K, alpha: occ.alpha, perRow: occ.perRow)
+                let xc = Scratch(T * K)
+                clamped = xc
+                if occ.compensate, let ip = saved.residualIndptr, let ix = saved.residualIndices, let vs = saved.residualValues {
+                    saved.residualNNZ = try OCC.clampAndResidual(x, rows: T, cols: K, thresholds: thresholds, clamped: xc.pointer,
+                                                                 indptr: ip, indices: ix, values: vs, capacity: saved.residualCapacity)
+                } else if occ.compensate {
+                    throw FP4Error.invalid("OCC compensation needs the residual buffers of the saved state")
+                } else {
+                    clampOnly(x, T, K, thresholds, occ.perRow, into: xc.pointer)
+                }
+                source = UnsafePointer(xc.pointer)
+            }
+            guard let codes = saved.xCodes, let scalesOut = saved.xScales else {
+                throw FP4Error.invalid("a quantized input needs the code and scale buffers of the saved state")
+            }
+            let buffer = Scratch(T * K)
+            xq = buffer
+            let ts = try q.quantize(source, rows: T, cols: K, codes: codes, dequantized: buffer.pointer)
+            withExtendedLifetime(clamped) {}
+            for g in 0..<ts.groups.count { scalesOut[g] = ts.groups[g].scale }
+            saved.xTensorScale = ts.tensorScale
+            if let occ = recipe.occ, occ.compensate, saved.residualNNZ > 0 {
+                // Q(X_c)·W_qᵀ + ΔX·W_qᵀ = (Q(X_c) + ΔX)·W_qᵀ: one GEMM on the sum.
+                scatterResidual(saved, rows: T, cols: K, into: buffer.pointer)
+            }
+            xOperand = UnsafePointer(buffer.pointer)
+        }
+
+        var wq: Scratch?
+        var wOperand = w
+        if let q = recipe.weight {
+            let buffer = Scratch(N * K)
+            wq = buffer
+            try q.fakeQuantize(w, rows: N, cols: K, into: buffer.pointer, nonFinite: .raise)
+            wOperand = UnsafePointer(buffer.pointer)
+        }
+
+        if let bias {
+            for t in 0..<T { (y + t * N).update(from: bias, count: N) }
+        }
+        BLAS.gemm(transA: false, transB: true, m: T, n: N, k: K, a: xOperand, b: wOperand,
+                  beta: bias == nil ? 0 : 1, c: y)
+        withExtendedLifetime((xq, wq)) {}
+    }
+
+    /// Backward. `x` is needed only when the recipe keeps X in float32 (it is then the
+    /// saved input itself); otherwise X comes from the saved codes. Any of dx, dw, db may
+    /// be nil to skip that gradient.
+    public static func backward(dy: UnsafePointer<Float>, tokens T: Int, outFeatures N: Int,
+                                x: UnsafePointer<Float>?, w: UnsafePointer<Float>, inFeatures K: Int,
+                                recipe: LinearRecipe, saved: LinearSaved,
+                                dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutablePointer<Float>?,
+                                db: UnsafeMutablePointer<Float>?) throws {
+        try checkShapes(T, K, N)
+        try recipe.validate()
+
+        var gq: Scratch?
+        var gOperand = dy
+        if let q = recipe.gradient {
+            let buffer = Scratch(T * N)
+            gq = buffer
+            try q.fakeQuantize(dy, rows: T, cols: N, into: buffer.pointer, nonFinite: .propagate)
+            gOperand = UnsafePointer(buffer.pointer)
+        }
+
+        // W_q is recomputed, with the same scales the forward used (DGE needs them).
+        var wq: Scratch?
+        var wOperand = w
+        var wScales: TensorScales?
+        if let q = recipe.weight {
+            let buffer = Scratch(N * K)
+            wq = buffer
+            wScales = try q.fakeQuantizeReturningScales(w, rows: N, cols: K, into: buffer.pointer, nonFinite: .raise)
+            wOperand = UnsafePointer(buffer.pointer)
+        }
+
+        if let dx {
+            BLAS.gemm(transA: false, transB: false, m: T, n: K, k: N, a: gOperand, b: wOperand, c: dx)
+        }
+
+        if let dw {
+            var xd: Scratch?
+            let xOperand: UnsafePointer<Float>
+            if let q = recipe.input {
+                guard let codes = saved.xCodes, let scales = saved.xScales else {
+                    throw FP4Error(.invalidState, "the saved state holds no activation codes")
+                }
+                let buffer = Scratch(T * K)
+                xd = buffer
+                try q.dequantize(codes: codes, rows: T, cols: K, scales: scales, tensorScale: saved.xTensorScale, into: buffer.pointer)
+                if let occ = recipe.occ, occ.compensate, saved.residualNNZ > 0 {
+                    // dYᵀ·X_q + dYᵀ·ΔX = dYᵀ·(X_q + ΔX).
+                    scatterResidual(saved, rows: T, cols: K, into: buffer.pointer)
+                }
+                xOperand = UnsafePointer(buffer.pointer)
+            } else {
+                guard let x else { throw FP4Error.invalid("a float32-input recipe needs x in the backward") }
+                xOperand = x
+            }
+            BLAS.gemm(transA: true, transB: false, m: N, n: K, k: T, a: gOperand, b: xOperand, c: dw)
+            withExtendedLifetime(xd) {}
+            if let cfg = recipe.dge, let q = recipe.weight, let ts = wScales {
+                let dge = try DGE(format: q.format, k: cfg.k, clamp: cfg.clamp)
+                applyDGE(dge, gradient: dw, weight: w, scales: ts)
+            }
+        }
+
+        if let db {
+            columnSums(dy, rows: T, cols: N, into: db)
+        }
+        withExtendedLifetime((gq, wq)) {}
+    }
+
+    /// dW ⊙ f'(W / s_w), group by group, v computed exactly as the quantizer computes it.
+    static func applyDGE(_ dge: DGE, gradient g: UnsafeMutablePointer<Float>, weight w: UnsafePointer<Float>, scales ts: TensorScales) {
+        let L = ts.layout
+        ts.groups.withUnsafeBufferPointer { gs in
+            Parallel.forChunks(count: L.rows, grain: Parallel.grain(count: L.rows, minItems: Swift.max(1, 8192 / Swift.max(1, L.cols)))) { rows in
+                for r in rows {
+                    let gbase = (r / L.groupRows) * L.tileCols
+                    for j in 0..<L.tileCols {
+                        let start = r * L.cols + j * L.groupCols
+                        let range = start..<(start + L.groupCols)
+                        let s = gs[gbase + j]
+                        if s.isZero {
+                            // An all-zero weight group sits at v = 0, a grid point: f' = 1/k.
+                            let d = dge.derivative(0)
+                            for i in range { g[i] *= d }
+                        } else {
+                            dge.scaleGradient(g, w, range, scale: s.scale)
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    static func scatterResidual(_ saved: LinearSaved, rows: Int, cols: Int, into x: UnsafeMutablePointer<Float>) {
+        guard let ip = saved.residualIndptr, let ix = saved.residualIndices, let vs = saved.residualValues else { return }
+        OCC.scatterAdd(indptr: ip, indices: ix, values: vs, rows: rows, cols: cols, into: x)
+    }
+
+    static func clampOnly(_ x: UnsafePointer<Float>, _ T: Int, _ K: Int, _ th: [OCCThresholds], _ perRow: Bool,
+                          into xc: UnsafeMutablePointer<Float>) {
+        th.withUnsafeBufferPointer { th in
+            Parallel.forChunks(count: T, grain: Parallel.grain(count: T, minItems: Swift.max(1, 8192 / Swift.max(1, K)))) { rows in
+                for r in rows {
+                    let t = th[perRow ? r : 0]
+                    for i in (r * K)..<((r + 1) * K) { xc[i] = Swift.min(Swift.max(x[i], t.lo), t.hi) }
+                }
+            }
+        }
+    }
+
+    /// out[c] = Σ_r m[r, c] (the bias gradient), summed in row order for each column.
+    public static func columnSums(_ m: UnsafePointer<Float>, rows: Int, cols: Int, into out: UnsafeMutablePointer<Float>) {
+        Parallel.forChunks(count: cols, grain: Parallel.grain(count: cols, minItems: 256)) { cs in
+            for c in cs { out[c] = 0 }
+            for r in 0..<rows {
+                let row = m + r * cols
+                for c in cs { out[c] += row[c] }
+            }
+        }
+    }
+}

@@ -1,0 +1,65 @@
+/// Outlier clamping and compensation settings (spec §5).
+public struct OCCConfig: Sendable, Equatable {
+    /// Quantile of the clamp thresholds, in (0.5, 1].
+    public var alpha: Double
+    /// Thresholds per row (token) instead of per tensor.
+    public var perRow: Bool
+    /// Add ΔX·W_qᵀ back (sparse residual) instead of dropping it.
+    public var compensate: Bool
+
+    public init(alpha: Double = 0.99, perRow: Bool = false, compensate: Bool = true) {
+        self.alpha = alpha
+        self.perRow = perRow
+        self.compensate = compensate
+    }
+}
+
+/// DGE settings (spec §4).
+public struct DGEConfig: Sendable, Equatable {
+    public var k: Float
+    public var clamp: Float
+    public init(k: Float = 5, clamp: Float = 3) {
+        self.k = k
+        self.clamp = clamp
+    }
+}
+
+/// A linear layer's precision recipe as data (spec §6): which operand of which GEMM is
+/// quantized how. `nil` quantizers mean float32.
+///
+/// - forward:  Y = Q_input(OCC(X)) · Q_weight(W)ᵀ (+ ΔX · Q_weight(W)ᵀ) + b
+/// - backward: dX = Q_gradient(dY) · Q_weight(W);  dW = (Q_gradient(dY)ᵀ · X_saved) ⊙ DGE
+public struct LinearRecipe: Sendable {
+    public var input: Quantizer?
+    public var weight: Quantizer?
+    public var gradient: Quantizer?
+    public var occ: OCCConfig?
+    public var dge: DGEConfig?
+
+    public init(input: Quantizer? = nil, weight: Quantizer? = nil, gradient: Quantizer? = nil,
+                occ: OCCConfig? = nil, dge: DGEConfig? = nil) {
+        self.input = input
+        self.weight = weight
+        self.gradient = gradient
+        self.occ = occ
+        self.dge = dge
+    }
+
+    /// Checks the combination: ranges of α, k, C; OCC needs a quantized input; DGE a
+    /// quantized FP4 weight.
+    public func validate() throws {
+        try input?.validate()
+        try weight?.validate()
+        try gradient?.validate()
+        if let occ {
+            guard occ.alpha > 0.5, occ.alpha <= 1 else {
+                throw FP4Error.invalid("OCC alpha must lie in (0.5, 1], got \(occ.alpha)")
+            }
+            guard input != nil else { throw FP4Error.invalid("OCC needs a quantized input (the recipe's input quantizer is float32)") }
+        }
+        if let dge {
+            guard let w = weight else { throw FP4Error.invalid("DGE needs a quantized weight (the recipe's weight quantizer is float32)") }
+            _ = try DGE(format: w.format, k: dge.k, clamp: dge.clamp)
+        }
+    }
+}

@@ -1,0 +1,405 @@
+"""DGE, OCC and the FP4 linear layer (spec §4–6) over numpy arrays, and recipes as data."""
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from . import _native
+from ._arrays import as_float32, as_matrix_shape, check_choice, fptr
+from .quantization import FORMATS, QuantizerSpec
+
+OCC_GROUPS = ["tensor", "row"]
+
+
+def _i64p(a: np.ndarray) -> Any:
+    return a.ctypes.data_as(_native.i64p)
+
+
+def _i32p(a: np.ndarray) -> Any:
+    return a.ctypes.data_as(_native.i32p)
+
+
+def _check_alpha(alpha: Any) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating, np.integer)):
+        raise TypeError(f"alpha must be a number, got {type(alpha).__name__}")
+    a = float(alpha)
+    if not 0.5 < a <= 1.0:
+        raise ValueError(f"alpha must lie in (0.5, 1], got {alpha}")
+    return a
+
+
+def _check_positive(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    v = float(value)
+    if not (v > 0) or not np.isfinite(v):
+        raise ValueError(f"{name} must be a positive finite number, got {value}")
+    return v
+
+
+# ---------------------------------------------------------------------------------------
+# DGE
+
+
+def dge_derivative(v: Any, fmt: str = "e2m1", k: float = 5.0, clamp: float = 3.0) -> np.ndarray:
+    """f'(v), the DGE derivative at values v on the grid scale (v = W / s_w; spec §4).
+
+    (1/k)·|2x/δ − 1|^(1/k − 1) clamped to `clamp`, with x the offset of |v| in its grid
+    interval [a, a+δ); 0 for |v| above the format's max.
+    """
+    a = as_float32(v, "v")
+    check_choice(fmt, FORMATS, "format")
+    out = np.empty(a.shape, dtype=np.float32)
+    _native.check(_native.lib.fp4swift_dge_derivative(fptr(a), a.size, FORMATS.index(fmt),
+                                                      _check_positive("k", k), _check_positive("clamp", clamp), fptr(out)))
+    return out
+
+
+def dge_surrogate(v: Any, fmt: str = "e2m1", k: float = 5.0) -> np.ndarray:
+    """The smooth staircase f whose derivative DGE uses: maps each grid interval onto itself."""
+    a = as_float32(v, "v")
+    check_choice(fmt, FORMATS, "format")
+    out = np.empty(a.shape, dtype=np.float32)
+    _native.check(_native.lib.fp4swift_dge_surrogate(fptr(a), a.size, FORMATS.index(fmt), _check_positive("k", k), fptr(out)))
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# OCC
+
+
+@dataclass
+class CSR:
+    """A sparse [rows, cols] matrix in CSR form: row pointers, column indices, float32 values."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    values: np.ndarray
+    shape: Tuple[int, int]
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indptr[-1]) if self.indptr.size else 0
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.indptr.nbytes + self.nnz * (self.indices.itemsize + self.values.itemsize))
+
+    def toarray(self) -> np.ndarray:
+        out = np.zeros(self.shape, dtype=np.float32)
+        rows = np.repeat(np.arange(self.shape[0]), np.diff(self.indptr))
+        out[rows, self.indices[: self.nnz]] = self.values[: self.nnz]
+        return out
+
+    def __iter__(self):  # (indptr, indices, values, shape), as ARCHITECTURE.md's tuple
+        n = self.nnz
+        return iter((self.indptr, self.indices[:n], self.values[:n], self.shape))
+
+
+def occ_thresholds(x: Any, alpha: float = 0.99, per: str = "tensor") -> Tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) clamp thresholds: sorted[floor((1−α)n)] and sorted[min(floor(αn), n−1)] per group."""
+    a = as_float32(x)
+    rows, cols = as_matrix_shape(a.shape)
+    alpha = _check_alpha(alpha)
+    per_row = check_choice(per, OCC_GROUPS, "OCC group") == "row"
+    groups = rows if per_row else (1 if a.size else 0)
+    lo = np.empty(groups, dtype=np.float32)
+    hi = np.empty(groups, dtype=np.float32)
+    _native.check(_native.lib.fp4swift_occ_thresholds(fptr(a), rows, cols, alpha, int(per_row), fptr(lo), fptr(hi), groups))
+    return lo, hi
+
+
+def occ(x: Any, alpha: float = 0.99, per: str = "tensor") -> Tuple[np.ndarray, CSR]:
+    """Outlier clamping (spec §5): (X_c, ΔX) with X_c = min(max(X, lo), hi) and the residual
+    ΔX = X − X_c as CSR over the [rows, cols] view of x. X_c keeps x's shape."""
+    a = as_float32(x)
+    rows, cols = as_matrix_shape(a.shape)
+    alpha = _check_alpha(alpha)
+    per_row = check_choice(per, OCC_GROUPS, "OCC group") == "row"
+    cap = ctypes.c_int64()
+    _native.check(_native.lib.fp4swift_occ_residual_capacity(rows, cols, alpha, int(per_row), ctypes.byref(cap)))
+    xc = np.empty(a.shape, dtype=np.float32)
+    indptr = np.zeros(rows + 1, dtype=np.int64)
+    indices = np.empty(max(cap.value, 1), dtype=np.int32)
+    values = np.empty(max(cap.value, 1), dtype=np.float32)
+    nnz = ctypes.c_int64()
+    _native.check(_native.lib.fp4swift_occ_clamp(fptr(a), rows, cols, alpha, int(per_row), fptr(xc), _i64p(indptr),
+                                                 _i32p(indices), fptr(values), cap.value, ctypes.byref(nnz)))
+    n = nnz.value
+    return xc, CSR(indptr, indices[:n].copy(), values[:n].copy(), (rows, cols))
+
+
+def csr_matmul_t(residual: CSR, w: Any) -> np.ndarray:
+    """R · wᵀ for a CSR residual R [rows, cols] and a dense w [n, cols] (the OCC compensation term)."""
+    wa = as_float32(w, "w")
+    if wa.ndim != 2 or wa.shape[1] != residual.shape[1]:
+        raise ValueError(f"w must be [n, {residual.shape[1]}], got {wa.shape}")
+    rows, cols = residual.shape
+    indptr = np.ascontiguousarray(residual.indptr, dtype=np.int64)
+    indices = np.ascontiguousarray(residual.indices, dtype=np.int32)
+    values = np.ascontiguousarray(residual.values, dtype=np.float32)
+    if indptr.shape != (rows + 1,):
+        raise ValueError(f"indptr must hold rows + 1 = {rows + 1} entries, got {indptr.shape}")
+    nnz = int(indptr[-1]) if rows >= 0 else 0
+    if indices.size < nnz or values.size < nnz:
+        raise ValueError(f"indices/values hold fewer than nnz = {nnz} entries")
+    y = np.zeros((rows, wa.shape[0]), dtype=np.float32)
+    _native.check(_native.lib.fp4swift_csr_matmul_t(_i64p(indptr), _i32p(indices), fptr(values), nnz, rows, cols,
+                                                    fptr(wa), wa.shape[0], fptr(y)))
+    return y
+
+
+# ---------------------------------------------------------------------------------------
+# Recipes
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A linear layer's precision recipe as data (spec §6).
+
+    input / weight / gradient: the quantizer of X, W and dY (None = float32). The gradient
+    quantizer, when set, is applied to dY before both backward GEMMs.
+    occ, alpha, occ_per, compensate: outlier clamping of X and its sparse compensation.
+    dge, k, clamp: DGE in the weight gradient (off = straight-through estimator).
+    """
+
+    name: str
+    input: Optional[QuantizerSpec] = None
+    weight: Optional[QuantizerSpec] = None
+    gradient: Optional[QuantizerSpec] = None
+    occ: bool = False
+    alpha: float = 0.99
+    occ_per: str = "tensor"
+    compensate: bool = True
+    dge: bool = False
+    k: float = 5.0
+    clamp: float = 3.0
+    description: str = ""
+
+    @staticmethod
+    def get(name: str) -> "Recipe":
+        """A built-in recipe by name (see `recipes()`)."""
+        if isinstance(name, Recipe):
+            return name
+        if name in _PLANNED and name not in _RECIPES:
+            raise NotImplementedError(f"recipe {name!r} is specified ({_PLANNED[name]}) but not implemented yet")
+        check_choice(name, list(_RECIPES), "recipe")
+        return _RECIPES[name]
+
+    def replace(self, **changes: Any) -> "Recipe":
+        """A modified copy. Besides the fields, accepts shortcuts applied to both X and W:
+        `fmt=`, `granularity=` (e.g. 'tensor' for tensor-wise scaling), and
+        `grad_fp8=True` (dY cast to e5m2 with a per-tensor pow2 scale, as the paper's framework)."""
+        fmt = changes.pop("fmt", None)
+        gran = changes.pop("granularity", None)
+        grad_fp8 = changes.pop("grad_fp8", None)
+        r = dataclasses.replace(self, **changes)
+        for attr in ("input", "weight"):
+            q = getattr(r, attr)
+            if q is not None and (fmt is not None or gran is not None):
+                q = QuantizerSpec.make(fmt or q.fmt, gran or q.granularity_label, q.scale_rule, q.rounding,
+                                       None, q.seed, q.nonfinite)
+                r = dataclasses.replace(r, **{attr: q})
+        if grad_fp8 is not None:
+            r = dataclasses.replace(r, gradient=FP8_GRADIENT if grad_fp8 else None)
+        r.validate()
+        return r
+
+    @property
+    def grad_fp8(self) -> bool:
+        return self.gradient is not None and self.gradient.fmt == "e5m2"
+
+    def validate(self) -> None:
+        _check_alpha(self.alpha)
+        check_choice(self.occ_per, OCC_GROUPS, "OCC group")
+        _check_positive("k", self.k)
+        _check_positive("clamp", self.clamp)
+        if self.occ and self.input is None:
+            raise ValueError("OCC needs a quantized input (recipe.input is None)")
+        if self.dge and self.weight is None:
+            raise ValueError("DGE needs a quantized weight (recipe.weight is None)")
+        c = self.to_c()
+        sizes = (ctypes.c_int64(), ctypes.c_int64(), ctypes.c_int64())
+        _native.check(_native.lib.fp4swift_linear_saved_sizes(1, 0, ctypes.byref(c), *(ctypes.byref(v) for v in sizes)))
+
+    def to_c(self) -> _native.LinearRecipe:
+        def q(spec: Optional[QuantizerSpec]) -> Tuple[int, _native.Quantizer]:
+            return (0, _native.Quantizer()) if spec is None else (1, spec.to_c())
+
+        (qi, ci), (qw, cw), (qg, cg) = q(self.input), q(self.weight), q(self.gradient)
+        return _native.LinearRecipe(qi, ci, qw, cw, qg, cg, int(self.occ), int(self.occ_per == "row"),
+                                    int(self.compensate), float(self.alpha), int(self.dge), float(self.k), float(self.clamp))
+
+
+# dY in FP8: e5m2 with a per-tensor power-of-two scale (MS-AMP), RNE; NaN/inf propagate.
+FP8_GRADIENT = QuantizerSpec.make("e5m2", "tensor", "pow2")
+
+_E2M1_TOKEN = QuantizerSpec.make("e2m1", "row", "absmax", nonfinite="raise")
+_E2M1_TENSOR = QuantizerSpec.make("e2m1", "tensor", "absmax", nonfinite="raise")
+
+_RECIPES: Dict[str, Recipe] = {
+    "fp32": Recipe("fp32", description="no quantization (the baseline)"),
+    "fp4-direct": Recipe("fp4-direct", input=_E2M1_TENSOR, weight=_E2M1_TENSOR,
+                         description="e2m1 absmax per-tensor on X and W, RNE, STE: the paper's direct cast"),
+    "wang2025": Recipe("wang2025", input=_E2M1_TOKEN, weight=_E2M1_TOKEN, occ=True, alpha=0.99, occ_per="tensor",
+                       compensate=True, dge=True, k=5.0, clamp=3.0,
+                       description="Wang et al. 2025: e2m1 per-token X, per-channel W, OCC α=0.99 + compensation, DGE k=5"),
+}
+
+# Named in the spec, built by later work.
+_PLANNED = {
+    "mxfp4": "e2m1 with e8m0 block-32 scales, RNE, STE",
+    "nvfp4": "e2m1 with two-level nvfp4 scales, stochastic-rounded gradients",
+    "quartet": "MXFP4 with Hadamard rotation, QuEST forward, stochastic-rounding backward",
+    "zhou2025": "module-wise mixed precision with FP8 backward",
+}
+
+
+def recipes() -> List[str]:
+    """Names of the recipes this build implements."""
+    return list(_RECIPES)
+
+
+def register_recipe(recipe: Recipe) -> None:
+    """Makes a custom recipe available by name to `Recipe.get` and `fp4swift.torch`."""
+    recipe.validate()
+    _RECIPES[recipe.name] = recipe
+
+
+# ---------------------------------------------------------------------------------------
+# The linear layer
+
+
+class LinearSaved:
+    """What `linear_forward` keeps for `linear_backward`: X_q as packed codes + scales and the
+    sparse OCC residual (never a float32 copy of X, unless the recipe keeps X in float32,
+    in which case it holds a reference to x itself). W is referenced, not copied: the
+    backward recomputes W_q from it, so do not modify w in between."""
+
+    def __init__(self, recipe: Recipe, x_shape: Tuple[int, ...], tokens: int, in_features: int, out_features: int,
+                 w: np.ndarray, has_bias: bool) -> None:
+        self.recipe = recipe
+        self.x_shape = x_shape
+        self.tokens, self.in_features, self.out_features = tokens, in_features, out_features
+        self.w = w
+        self.has_bias = has_bias
+        self.x: Optional[np.ndarray] = None
+        c = recipe.to_c()
+        lens = [ctypes.c_int64() for _ in range(3)]
+        _native.check(_native.lib.fp4swift_linear_saved_sizes(tokens, in_features, ctypes.byref(c),
+                                                              *(ctypes.byref(v) for v in lens)))
+        codes_len, scales_len, cap = (v.value for v in lens)
+        self.x_codes = np.empty(codes_len, dtype=np.uint8)
+        self.x_scales = np.empty(scales_len, dtype=np.float32)
+        self.residual_indptr = np.zeros(tokens + 1 if cap else 0, dtype=np.int64)
+        self.residual_indices = np.empty(cap, dtype=np.int32)
+        self.residual_values = np.empty(cap, dtype=np.float32)
+        self.struct = _native.LinearSaved(
+            self.x_codes.ctypes.data_as(_native.u8p), codes_len, fptr(self.x_scales), scales_len, 1.0,
+            _i64p(self.residual_indptr) if cap else None, _i32p(self.residual_indices) if cap else None,
+            fptr(self.residual_values) if cap else None, cap, 0)
+        self.consumed = False
+
+    @property
+    def residual_nnz(self) -> int:
+        return 0 if self.consumed else int(self.struct.residual_nnz)
+
+    @property
+    def residual(self) -> Optional[CSR]:
+        """The OCC residual ΔX as CSR (None without compensation)."""
+        if self.consumed or not self.residual_indptr.size:
+            return None
+        n = self.residual_nnz
+        return CSR(self.residual_indptr, self.residual_indices[:n], self.residual_values[:n],
+                   (self.tokens, self.in_features))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes this state holds for the backward: codes, scales and the used part of the
+        residual (a float32-input recipe: the size of the referenced x); 0 once released."""
+        if self.consumed:
+            return 0
+        if self.x is not None:
+            return int(self.x.nbytes)
+        n = self.residual_nnz
+        res = self.residual_indptr.nbytes + n * (4 + 4) if self.residual_indptr.size else 0
+        return int(self.x_codes.nbytes + self.x_scales.nbytes + res)
+
+    def release(self) -> None:
+        """Frees the buffers; a later backward raises FP4StateError."""
+        self.consumed = True
+        self.x_codes = self.x_scales = self.residual_indices = self.residual_values = None  # type: ignore[assignment]
+        self.residual_indptr = None  # type: ignore[assignment]
+        self.x = None
+        self.struct = None  # type: ignore[assignment]
+
+
+def _weight(w: Any) -> np.ndarray:
+    wa = as_float32(w, "w")
+    if wa.ndim != 2:
+        raise ValueError(f"w must be a 2-D [out_features, in_features] array, got shape {wa.shape}")
+    return wa
+
+
+def linear_forward(x: Any, w: Any, b: Any = None, recipe: Any = "wang2025") -> Tuple[np.ndarray, LinearSaved]:
+    """Y = X·Wᵀ + b under a recipe (a name or a Recipe). X is [..., K], W [N, K], b [N] or None.
+
+    Returns (y [..., N] float32, saved). Under a quantized recipe, NaN/inf in X or W raise
+    NonFiniteError (codes cannot hold them); the fp32 recipe propagates them.
+    """
+    r = Recipe.get(recipe) if isinstance(recipe, str) else recipe
+    if not isinstance(r, Recipe):
+        raise TypeError(f"recipe must be a name or a Recipe, got {type(recipe).__name__}")
+    xa = as_float32(x, "x")
+    wa = _weight(w)
+    if xa.ndim == 0:
+        raise ValueError("x must have at least one dimension (its last one is in_features)")
+    T, K = as_matrix_shape(xa.shape)
+    N = wa.shape[0]
+    if wa.shape[1] != K:
+        raise ValueError(f"x has {K} input features but w is {wa.shape} (expected [N, {K}])")
+    ba = None
+    if b is not None:
+        ba = as_float32(b, "b")
+        if ba.shape != (N,):
+            raise ValueError(f"b must have shape ({N},), got {ba.shape}")
+    saved = LinearSaved(r, xa.shape, T, K, N, wa, ba is not None)
+    if r.input is None:
+        saved.x = xa
+    y = np.empty(xa.shape[:-1] + (N,), dtype=np.float32)
+    c = r.to_c()
+    _native.check(_native.lib.fp4swift_linear_forward(fptr(xa), T, K, fptr(wa), N, fptr(ba) if ba is not None else None,
+                                                      ctypes.byref(c), fptr(y), ctypes.byref(saved.struct)))
+    return y, saved
+
+
+def linear_backward(dy: Any, saved: LinearSaved, retain: bool = False
+                    ) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    """(dx, dw, db) for the layer whose forward produced `saved`; db is None without bias.
+
+    The saved state is released afterwards, so a second backward raises FP4StateError,
+    unless retain=True.
+    """
+    if not isinstance(saved, LinearSaved):
+        raise TypeError(f"saved must come from linear_forward, got {type(saved).__name__}")
+    if saved.consumed:
+        raise _native.FP4StateError("this saved state was already used by a backward (pass retain=True to keep it)")
+    g = as_float32(dy, "dy")
+    T, K, N = saved.tokens, saved.in_features, saved.out_features
+    expected = saved.x_shape[:-1] + (N,)
+    if g.shape != expected:
+        raise ValueError(f"dy must have shape {expected}, got {g.shape}")
+    dx = np.empty(saved.x_shape, dtype=np.float32)
+    dw = np.empty((N, K), dtype=np.float32)
+    db = np.empty(N, dtype=np.float32) if saved.has_bias else None
+    c = saved.recipe.to_c()
+    _native.check(_native.lib.fp4swift_linear_backward(
+        fptr(g), T, N, fptr(saved.x) if saved.x is not None else None, fptr(saved.w), K, ctypes.byref(c),
+        ctypes.byref(saved.struct), fptr(dx), fptr(dw), fptr(db) if db is not None else None))
+    if not retain:
+        saved.release()
+    return dx, dw, db
