@@ -377,9 +377,10 @@ def linear_forward(x: Any, w: Any, b: Any = None, recipe: Any = "wang2025") -> T
     return y, saved
 
 
-def linear_backward(dy: Any, saved: LinearSaved, retain: bool = False
-                    ) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
-    """(dx, dw, db) for the layer whose forward produced `saved`; db is None without bias.
+def linear_backward(dy: Any, saved: LinearSaved, retain: bool = False, compute_dx: bool = True,
+                    compute_dw: bool = True) -> Tuple[Optional[np.ndarray], Optional[np.ndarray], Optional[np.ndarray]]:
+    """(dx, dw, db) for the layer whose forward produced `saved`; db is None without bias,
+    dx / dw None when not computed (compute_dx / compute_dw False skip their GEMMs).
 
     The saved state is released afterwards, so a second backward raises FP4StateError,
     unless retain=True.
@@ -393,13 +394,14 @@ def linear_backward(dy: Any, saved: LinearSaved, retain: bool = False
     expected = saved.x_shape[:-1] + (N,)
     if g.shape != expected:
         raise ValueError(f"dy must have shape {expected}, got {g.shape}")
-    dx = np.empty(saved.x_shape, dtype=np.float32)
-    dw = np.empty((N, K), dtype=np.float32)
+    dx = np.empty(saved.x_shape, dtype=np.float32) if compute_dx else None
+    dw = np.empty((N, K), dtype=np.float32) if compute_dw else None
     db = np.empty(N, dtype=np.float32) if saved.has_bias else None
     c = saved.recipe.to_c()
     _native.check(_native.lib.fp4swift_linear_backward(
         fptr(g), T, N, fptr(saved.x) if saved.x is not None else None, fptr(saved.w), K, ctypes.byref(c),
-        ctypes.byref(saved.struct), fptr(dx), fptr(dw), fptr(db) if db is not None else None))
+        ctypes.byref(saved.struct), fptr(dx) if dx is not None else None, fptr(dw) if dw is not None else None,
+        fptr(db) if db is not None else None))
     if not retain:
         saved.release()
     return dx, dw, db

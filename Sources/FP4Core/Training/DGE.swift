@@ -10,10 +10,8 @@ public struct DGE: Sendable {
     public let format: MiniFloatFormat
     public let k: Float
     public let clamp: Float
-    let grid: GridParameters
-    let exponent: Float  // 1/k − 1
-    let lastInterval: Float  // δ of the interval ending at max
-    let atMidpoint: Float  // f' at t = 0: C when 1/k − 1 < 0, min(1/k, C) when k = 1, 0 when k < 1
+    /// The per-element arithmetic, in a struct of plain floats so loops over it vectorize.
+    let kernel: DGEKernel
 
     public init(format: MiniFloatFormat = .e2m1, k: Float = 5, clamp: Float = 3) throws {
         guard format.isFP4 else { throw FP4Error.invalid("DGE is defined for FP4 grids (e2m1, e1m2, e3m0), got \(format.name)") }
@@ -22,13 +20,37 @@ public struct DGE: Sendable {
         self.format = format
         self.k = k
         self.clamp = clamp
-        self.grid = GridParameters(format)
-        self.exponent = 1 / k - 1
         let g = ElementCodec.of(format).decodeTable
-        self.lastInterval = g[format.maxFiniteMagnitudeCode] - g[format.maxFiniteMagnitudeCode - 1]
-        let e = 1 / k - 1
-        self.atMidpoint = e < 0 ? clamp : (e == 0 ? Swift.min(1 / k, clamp) : 0)
+        let exponent = 1 / k - 1
+        kernel = DGEKernel(
+            grid: GridParameters(format), k: k, clamp: clamp, exponent: exponent,
+            lastInterval: g[format.maxFiniteMagnitudeCode] - g[format.maxFiniteMagnitudeCode - 1],
+            atMidpoint: exponent < 0 ? clamp : (exponent == 0 ? Swift.min(1 / k, clamp) : 0))
     }
+
+    /// f'(v): the DGE derivative for a value v on the grid scale (v = W / s_w).
+    public func derivative(_ v: Float) -> Float { kernel.derivative(v) }
+
+    /// The smooth surrogate f applied to v: sign(v) · (a + f(|v| − a)); |v| > max saturates.
+    public func surrogate(_ v: Float) -> Float { kernel.surrogate(v) }
+
+    /// out[i] = f'(v[i]) for a buffer.
+    public func derivatives(_ v: UnsafePointer<Float>, count: Int, into out: UnsafeMutablePointer<Float>) {
+        let kern = kernel
+        Parallel.forChunks(count: count, grain: Parallel.grain(count: count, minItems: 1 << 15)) { range in
+            for i in range { out[i] = kern.derivative(v[i]) }
+        }
+    }
+}
+
+/// DGE arithmetic on plain values (no references), so element loops vectorize.
+struct DGEKernel {
+    let grid: GridParameters
+    let k: Float
+    let clamp: Float
+    let exponent: Float  // 1/k − 1
+    let lastInterval: Float  // δ of the interval ending at max
+    let atMidpoint: Float  // f' at t = 0: C when 1/k − 1 < 0, min(1/k, C) when k = 1, 0 when k < 1
 
     /// Interval of |v| on the grid: (left end a, width δ), with max in the closed last interval.
     @inline(__always)
@@ -40,25 +62,17 @@ public struct DGE: Sendable {
         return (atMax ? grid.maxValue - lastInterval : lo, atMax ? lastInterval : delta)
     }
 
-    /// t = 2x/δ − 1 ∈ [−1, 1] for |v| ≤ max.
     @inline(__always)
-    func position(_ a: Float) -> Float {
-        let (lo, delta) = interval(a)
-        return 2 * (a - lo) / delta - 1
-    }
-
-    /// f'(v): the DGE derivative for a value v on the grid scale (v = W / s_w).
-    @inline(__always)
-    public func derivative(_ v: Float) -> Float {
+    func derivative(_ v: Float) -> Float {
         let a = abs(v)
-        let t = abs(position(Swift.min(a, grid.maxValue)))
+        let (lo, delta) = interval(Swift.min(a, grid.maxValue))
+        let t = abs(2 * (Swift.min(a, grid.maxValue) - lo) / delta - 1)
         // (1/k)·|t|^(1/k − 1), clamped; t = 0 (interval midpoint) is taken separately.
         let d = Swift.min(exp2Approx(exponent * log2Approx(t)) / k, clamp)
         return a > grid.maxValue ? 0 : (t == 0 ? atMidpoint : d)
     }
 
-    /// The smooth surrogate f applied to v: sign(v) · (a + f(|v| − a)); |v| > max saturates.
-    public func surrogate(_ v: Float) -> Float {
+    func surrogate(_ v: Float) -> Float {
         let a = Swift.min(abs(v), grid.maxValue)
         let (lo, delta) = interval(a)
         let t = 2 * (a - lo) / delta - 1
@@ -67,17 +81,9 @@ public struct DGE: Sendable {
         return withSign(of: v, lo + f)
     }
 
-    /// out[i] = f'(v[i]) for a buffer (vectorizes).
-    public func derivatives(_ v: UnsafePointer<Float>, count: Int, into out: UnsafeMutablePointer<Float>) {
-        Parallel.forChunks(count: count, grain: Parallel.grain(count: count, minItems: 1 << 15)) { range in
-            for i in range { out[i] = derivative(v[i]) }
-        }
-    }
-
-    /// g[i] *= f'(w[i] / s) over one scale group: the DGE factor of the weight gradient,
-    /// with v = w / s computed exactly as the quantizer does.
+    /// g[i] *= f'(w[i] / s) over one scale group, v = w / s computed exactly as the quantizer does.
     @inline(__always)
-    public func scaleGradient(_ g: UnsafeMutablePointer<Float>, _ w: UnsafePointer<Float>, _ range: Range<Int>, scale s: Float) {
+    func scaleGradient(_ g: UnsafeMutablePointer<Float>, _ w: UnsafePointer<Float>, _ range: Range<Int>, scale s: Float) {
         for i in range { g[i] *= derivative(w[i] / s) }
     }
 }

@@ -95,12 +95,14 @@ public enum LinearLayer {
                 let thresholds = try OCC.thresholds(x, rows: T, cols: K, alpha: occ.alpha, perRow: occ.perRow)
                 let xc = Scratch(T * K)
                 clamped = xc
-                if occ.compensate, let ip = saved.residualIndptr, let ix = saved.residualIndices, let vs = saved.residualValues {
+                if occ.compensate && sizes.residualCapacity > 0 {
+                    guard let ip = saved.residualIndptr, let ix = saved.residualIndices, let vs = saved.residualValues else {
+                        throw FP4Error.invalid("OCC compensation needs the residual buffers of the saved state")
+                    }
                     saved.residualNNZ = try OCC.clampAndResidual(x, rows: T, cols: K, thresholds: thresholds, clamped: xc.pointer,
                                                                  indptr: ip, indices: ix, values: vs, capacity: saved.residualCapacity)
-                } else if occ.compensate {
-                    throw FP4Error.invalid("OCC compensation needs the residual buffers of the saved state")
                 } else {
+                    // No compensation, or a group too small for any value to lie outside its thresholds.
                     clampOnly(x, T, K, thresholds, occ.perRow, into: xc.pointer)
                 }
                 source = UnsafePointer(xc.pointer)
@@ -208,7 +210,7 @@ public enum LinearLayer {
 
     /// dW ⊙ f'(W / s_w), group by group, v computed exactly as the quantizer computes it.
     static func applyDGE(_ dge: DGE, gradient g: UnsafeMutablePointer<Float>, weight w: UnsafePointer<Float>, scales ts: TensorScales) {
-        let L = ts.layout
+        let L = ts.layout, kernel = dge.kernel
         ts.groups.withUnsafeBufferPointer { gs in
             Parallel.forChunks(count: L.rows, grain: Parallel.grain(count: L.rows, minItems: Swift.max(1, 8192 / Swift.max(1, L.cols)))) { rows in
                 for r in rows {
@@ -219,10 +221,10 @@ public enum LinearLayer {
                         let s = gs[gbase + j]
                         if s.isZero {
                             // An all-zero weight group sits at v = 0, a grid point: f' = 1/k.
-                            let d = dge.derivative(0)
+                            let d = kernel.derivative(0)
                             for i in range { g[i] *= d }
                         } else {
-                            dge.scaleGradient(g, w, range, scale: s.scale)
+                            kernel.scaleGradient(g, w, range, scale: s.scale)
                         }
                     }
                 }

@@ -44,6 +44,8 @@ public enum OCC {
     /// Exact thresholds per group (the whole tensor when `perRow == false` → 1 entry; else one
     /// per row): lo = sorted[loIndex], hi = sorted[hiIndex] of `quantileIndices`, by O(n)
     /// selection (not a full sort). An empty tensor (rows·cols == 0) has no groups: returns [].
+    /// Values are ordered as numbers with −0 just below +0, so a zero threshold may be either
+    /// sign (equal as a value to the sorted reference).
     ///
     /// Throws `FP4Error(.invalidArgument)` unless 0.5 < α ≤ 1 and the shape is valid, and
     /// `FP4Error(.nonFinite)` naming the first flat index of a NaN or ±inf.
