@@ -106,7 +106,7 @@ def occ_thresholds(x: Any, alpha: float = 0.99, per: str = "tensor") -> Tuple[np
     rows, cols = as_matrix_shape(a.shape)
     alpha = _check_alpha(alpha)
     per_row = check_choice(per, OCC_GROUPS, "OCC group") == "row"
-    groups = rows if per_row else (1 if a.size else 0)
+    groups = (rows if per_row else 1) if a.size else 0  # an empty tensor has no groups
     lo = np.empty(groups, dtype=np.float32)
     hi = np.empty(groups, dtype=np.float32)
     _native.check(_native.lib.fp4swift_occ_thresholds(fptr(a), rows, cols, alpha, int(per_row), fptr(lo), fptr(hi), groups))

@@ -23,6 +23,11 @@ public enum ScaleRule: Int, Sendable, CaseIterable {
 
     /// Whether stored scales are one byte each (e8m0 exponents, nvfp4's e4m3 codes).
     public var storesScaleBytes: Bool { self == .e8m0 || self == .nvfp4 }
+
+    /// Whether amax / s ≤ fmax holds by construction, so nothing in the group clips and a
+    /// float32 |x / s| just above fmax is rounding of the scale (e1m2 absmax: 3.5000002),
+    /// not saturation. e8m0 and nvfp4 scales saturate on purpose.
+    public var neverClips: Bool { self == .absmax || self == .pow2 || self == .absmaxDiv3 }
 }
 
 /// A group's scale as the element loop applies it. Most rules divide (v = x / s,

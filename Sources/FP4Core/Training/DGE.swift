@@ -81,10 +81,13 @@ struct DGEKernel {
         return withSign(of: v, lo + f)
     }
 
-    /// g[i] *= f'(w[i] / s) over one scale group, v = w / s computed exactly as the quantizer does.
+    /// g[i] *= f'(w[i] / s) over one scale group, v = w / s computed exactly as the quantizer
+    /// does; with `clampToRange`, |v| is first limited to the grid's max.
     @inline(__always)
-    func scaleGradient(_ g: UnsafeMutablePointer<Float>, _ w: UnsafePointer<Float>, _ range: Range<Int>, scale s: Float) {
-        for i in range { g[i] *= derivative(w[i] / s) }
+    func scaleGradient(_ g: UnsafeMutablePointer<Float>, _ w: UnsafePointer<Float>, _ range: Range<Int>, scale s: Float,
+                       clampToRange: Bool) {
+        let limit = clampToRange ? grid.maxValue : .infinity
+        for i in range { g[i] *= derivative(Swift.min(Swift.max(w[i] / s, -limit), limit)) }
     }
 }
 

@@ -198,7 +198,7 @@ public enum LinearLayer {
             withExtendedLifetime(xd) {}
             if let cfg = recipe.dge, let q = recipe.weight, let ts = wScales {
                 let dge = try DGE(format: q.format, k: cfg.k, clamp: cfg.clamp)
-                applyDGE(dge, gradient: dw, weight: w, scales: ts)
+                applyDGE(dge, gradient: dw, weight: w, scales: ts, clampToRange: q.scaleRule.neverClips)
             }
         }
 
@@ -209,7 +209,10 @@ public enum LinearLayer {
     }
 
     /// dW ⊙ f'(W / s_w), group by group, v computed exactly as the quantizer computes it.
-    static func applyDGE(_ dge: DGE, gradient g: UnsafeMutablePointer<Float>, weight w: UnsafePointer<Float>, scales ts: TensorScales) {
+    /// `clampToRange`: |v| counts as at most fmax (the scale rule cannot clip; see
+    /// ScaleRule.neverClips), so a group's largest weight keeps its gradient.
+    static func applyDGE(_ dge: DGE, gradient g: UnsafeMutablePointer<Float>, weight w: UnsafePointer<Float>,
+                         scales ts: TensorScales, clampToRange: Bool) {
         let L = ts.layout, kernel = dge.kernel
         ts.groups.withUnsafeBufferPointer { gs in
             Parallel.forChunks(count: L.rows, grain: Parallel.grain(count: L.rows, minItems: Swift.max(1, 8192 / Swift.max(1, L.cols)))) { rows in
@@ -224,7 +227,7 @@ public enum LinearLayer {
                             let d = kernel.derivative(0)
                             for i in range { g[i] *= d }
                         } else {
-                            kernel.scaleGradient(g, w, range, scale: s.scale)
+                            kernel.scaleGradient(g, w, range, scale: s.scale, clampToRange: clampToRange)
                         }
                     }
                 }
