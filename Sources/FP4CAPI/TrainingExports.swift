@@ -124,7 +124,8 @@ func linearRecipe(_ rp: UnsafePointer<fp4swift_linear_recipe>?) throws -> Linear
         weight: try quant(r.quantize_weight, r.weight),
         gradient: try quant(r.quantize_gradient, r.gradient),
         occ: r.occ != 0 ? OCCConfig(alpha: r.occ_alpha, perRow: r.occ_per_row != 0, compensate: r.occ_compensate != 0) : nil,
-        dge: r.dge != 0 ? DGEConfig(k: r.dge_k, clamp: r.dge_clamp) : nil)
+        dge: r.dge != 0 ? DGEConfig(k: r.dge_k, clamp: r.dge_clamp) : nil,
+        wgradHadamard: r.wgrad_hadamard != 0 ? WgradHadamard(block: Int(r.wgrad_hadamard), seed: r.wgrad_hadamard_seed) : nil)
     try recipe.validate()
     return recipe
 }

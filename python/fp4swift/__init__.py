@@ -46,6 +46,8 @@ from .quantization import (
     unpack_fp4,
 )
 
+from .quartet import clip_mask, hadamard
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -56,4 +58,5 @@ __all__ = [
     "get_num_threads", "pack_fp4", "quantize", "set_num_threads", "unpack_fp4",
     "CSR", "LinearSaved", "Recipe", "csr_matmul_t", "dge_derivative", "dge_surrogate",
     "linear_backward", "linear_forward", "occ", "occ_thresholds", "recipes", "register_recipe",
+    "clip_mask", "hadamard",
 ]

@@ -12,7 +12,7 @@ import pathlib
 import warnings
 from ctypes import POINTER, c_char_p, c_double, c_float, c_int32, c_int64, c_uint8, c_uint64
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 # Status codes.
 OK = 0
@@ -84,6 +84,8 @@ class LinearRecipe(ctypes.Structure):
         ("dge", c_int32),
         ("dge_k", c_float),
         ("dge_clamp", c_float),
+        ("wgrad_hadamard", c_int32),
+        ("wgrad_hadamard_seed", c_uint64),
     ]
 
 
@@ -129,6 +131,8 @@ SIGNATURES = {
     "fp4swift_fake_quantize": (c_int32, [f32p, c_int64, c_int64, QuantizerP, f32p, i64p]),
     "fp4swift_quantize": (c_int32, [f32p, c_int64, c_int64, QuantizerP, u8p, c_int64, f32p, u8p, c_int64, f32p]),
     "fp4swift_dequantize": (c_int32, [u8p, c_int64, c_int64, c_int64, QuantizerP, f32p, c_int64, c_float, f32p]),
+    "fp4swift_hadamard": (c_int32, [f32p, c_int64, c_int64, c_int32, f32p, f32p]),
+    "fp4swift_clip_mask": (c_int32, [f32p, c_int64, c_int64, QuantizerP, u8p, c_int64]),
     "fp4swift_fidelity": (c_int32, [f32p, f32p, c_int64, f64p]),
     "fp4swift_dge_derivative": (c_int32, [f32p, c_int64, c_int32, c_float, c_float, f32p]),
     "fp4swift_dge_surrogate": (c_int32, [f32p, c_int64, c_int32, c_float, f32p]),
@@ -139,6 +143,11 @@ SIGNATURES = {
     "fp4swift_linear_saved_sizes": (c_int32, [c_int64, c_int64, RecipeP, i64p, i64p, i64p]),
     "fp4swift_linear_forward": (c_int32, [f32p, c_int64, c_int64, f32p, c_int64, f32p, RecipeP, f32p, SavedP]),
     "fp4swift_linear_backward": (c_int32, [f32p, c_int64, c_int64, f32p, f32p, c_int64, RecipeP, SavedP, f32p, f32p, f32p]),
+    "fp4swift_quartet_saved_sizes": (c_int32, [c_int64, c_int64, i64p, i64p, i64p]),
+    "fp4swift_quartet_forward": (c_int32, [f32p, c_int64, c_int64, f32p, c_int64, f32p, f32p,
+                                           u8p, c_int64, f32p, c_int64, u8p, c_int64]),
+    "fp4swift_quartet_backward": (c_int32, [f32p, c_int64, c_int64, f32p, c_int64, u8p, c_int64, f32p, c_int64,
+                                            u8p, c_int64, c_uint64, c_uint64, f32p, f32p, f32p]),
 }
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import itertools
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -165,6 +166,13 @@ class Recipe:
     quantizer, when set, is applied to dY before both backward GEMMs.
     occ, alpha, occ_per, compensate: outlier clamping of X and its sparse compensation.
     dge, k, clamp: DGE in the weight gradient (off = straight-through estimator).
+    kind: "linear" (the layer above) or "quartet" (the Quartet layer of spec §6, with its own
+    kernels: Hadamard rotations, QuEST forward, stochastic absmax_div3 backward; there the
+    quantizer fields only describe it). seed: the randomness of the recipe's rotations (quartet
+    backward signs; the fixed signs of wgrad_hadamard).
+    wgrad_hadamard: 0, or the block b of a random Hadamard transform of the weight-gradient GEMM's
+    operands along T (NVFP4): dW = Q_gradient(dYᵀ·H_b)·Q_input(X_qᵀ·H_b)ᵀ, H_b = diag(d)·H_b,
+    T zero-padded to a multiple of b.
     """
 
     name: str
@@ -179,6 +187,9 @@ class Recipe:
     k: float = 5.0
     clamp: float = 3.0
     description: str = ""
+    kind: str = "linear"
+    seed: int = 0
+    wgrad_hadamard: int = 0
 
     @staticmethod
     def get(name: str) -> "Recipe":
@@ -197,6 +208,9 @@ class Recipe:
         fmt = changes.pop("fmt", None)
         gran = changes.pop("granularity", None)
         grad_fp8 = changes.pop("grad_fp8", None)
+        if self.kind == "quartet" and (fmt is not None or gran is not None or grad_fp8 is not None):
+            raise ValueError("the quartet recipe's formats and groups are fixed (spec §6); fmt=, granularity= and "
+                             "grad_fp8= do not apply")
         r = dataclasses.replace(self, **changes)
         for attr in ("input", "weight"):
             q = getattr(r, attr)
@@ -214,6 +228,13 @@ class Recipe:
         return self.gradient is not None and self.gradient.fmt == "e5m2"
 
     def validate(self) -> None:
+        check_choice(self.kind, RECIPE_KINDS, "recipe kind")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or not 0 <= int(self.seed) < 2**64:
+            raise ValueError(f"seed must be an int in [0, 2**64), got {self.seed!r}")
+        if self.kind == "quartet":
+            if self.occ or self.dge:
+                raise ValueError("the quartet recipe has no OCC or DGE")
+            return
         _check_alpha(self.alpha)
         check_choice(self.occ_per, OCC_GROUPS, "OCC group")
         _check_positive("k", self.k)
@@ -227,19 +248,33 @@ class Recipe:
         _native.check(_native.lib.fp4swift_linear_saved_sizes(1, 0, ctypes.byref(c), *(ctypes.byref(v) for v in sizes)))
 
     def to_c(self) -> _native.LinearRecipe:
+        if self.kind != "linear":
+            raise ValueError(f"a {self.kind!r} recipe runs its own kernels and has no fp4swift_linear_recipe form")
         def q(spec: Optional[QuantizerSpec]) -> Tuple[int, _native.Quantizer]:
             return (0, _native.Quantizer()) if spec is None else (1, spec.to_c())
 
         (qi, ci), (qw, cw), (qg, cg) = q(self.input), q(self.weight), q(self.gradient)
         return _native.LinearRecipe(qi, ci, qw, cw, qg, cg, int(self.occ), int(self.occ_per == "row"),
-                                    int(self.compensate), float(self.alpha), int(self.dge), float(self.k), float(self.clamp))
+                                    int(self.compensate), float(self.alpha), int(self.dge), float(self.k), float(self.clamp),
+                                    int(self.wgrad_hadamard), int(self.seed))
 
+
+RECIPE_KINDS = ["linear", "quartet"]
 
 # dY in FP8: e5m2 with a per-tensor power-of-two scale (MS-AMP), RNE; NaN/inf propagate.
 FP8_GRADIENT = QuantizerSpec.make("e5m2", "tensor", "pow2")
 
 _E2M1_TOKEN = QuantizerSpec.make("e2m1", "row", "absmax", nonfinite="raise")
 _E2M1_TENSOR = QuantizerSpec.make("e2m1", "tensor", "absmax", nonfinite="raise")
+
+# OCP MXFP4: e2m1 elements, e8m0 (power-of-two, floor) scales on groups of 32 along K.
+_MXFP4 = QuantizerSpec.make("e2m1", "block(32)", "e8m0", nonfinite="raise")
+# NVFP4: e2m1 elements, two-level scales (per-tensor float32 S, per-block e4m3); 1x16 blocks
+# for activations, 16x16 tiles for weights (the same tiles serve W and Wᵀ), RNE forward;
+# dY stochastically rounded in 1x16 blocks before both backward GEMMs (NaN/inf propagate).
+_NVFP4_X = QuantizerSpec.make("e2m1", "block(16)", "nvfp4", nonfinite="raise")
+_NVFP4_W = QuantizerSpec.make("e2m1", "block2d(16)", "nvfp4", nonfinite="raise")
+_NVFP4_DY = QuantizerSpec.make("e2m1", "block(16)", "nvfp4", "stochastic")
 
 _RECIPES: Dict[str, Recipe] = {
     "fp32": Recipe("fp32", description="no quantization (the baseline)"),
@@ -248,13 +283,28 @@ _RECIPES: Dict[str, Recipe] = {
     "wang2025": Recipe("wang2025", input=_E2M1_TOKEN, weight=_E2M1_TOKEN, occ=True, alpha=0.99, occ_per="tensor",
                        compensate=True, dge=True, k=5.0, clamp=3.0,
                        description="Wang et al. 2025: e2m1 per-token X, per-channel W, OCC α=0.99 + compensation, DGE k=5"),
+    "mxfp4": Recipe("mxfp4", input=_MXFP4, weight=_MXFP4,
+                    description="OCP MXFP4: e2m1, e8m0 scales on 1x32 blocks along K for X and W, RNE, STE, "
+                                "float32 gradients (K must be a multiple of 32)"),
+    "nvfp4": Recipe("nvfp4", input=_NVFP4_X, weight=_NVFP4_W, gradient=_NVFP4_DY, wgrad_hadamard=16,
+                    description="NVFP4: e2m1, two-level scales (tensor S + e4m3 per block), X in 1x16 blocks, W in "
+                                "16x16 tiles, RNE forward, dY stochastic-rounded e2m1 1x16 blocks, STE "
+                                "(K, N multiples of 16); the dW GEMM runs on dYᵀ and X_qᵀ rotated by a 16-point "
+                                "random Hadamard transform along T (fixed signs from seed) and re-quantized in "
+                                "1x16 blocks along T. The stochastic draws use the fixed seed 0 (the same draws "
+                                "every call)"),
+    "quartet": Recipe("quartet", kind="quartet",
+                      input=QuantizerSpec.make("e2m1", "block(32)", "quest", nonfinite="raise"),
+                      weight=QuantizerSpec.make("e2m1", "block(32)", "quest", nonfinite="raise"),
+                      gradient=QuantizerSpec.make("e2m1", "block(32)", "absmax_div3", "stochastic"),
+                      description="Quartet (Castro et al. 2025): Hadamard-32 rotation along K, QuEST e2m1 groups of 32 "
+                                  "on X·H and W·H; backward GEMMs on stochastic-rounded absmax_div3 e2m1 operands "
+                                  "rotated by diag(d)·H with fresh signs per forward/backward pair, clip masks, "
+                                  "un-rotation (K a multiple of 32; T and N zero-padded to multiples of 32)"),
 }
 
 # Named in the spec, built by later work.
 _PLANNED = {
-    "mxfp4": "e2m1 with e8m0 block-32 scales, RNE, STE",
-    "nvfp4": "e2m1 with two-level nvfp4 scales, stochastic-rounded gradients",
-    "quartet": "MXFP4 with Hadamard rotation, QuEST forward, stochastic-rounding backward",
     "zhou2025": "module-wise mixed precision with FP8 backward",
 }
 
@@ -338,6 +388,51 @@ class LinearSaved:
         self.struct = None  # type: ignore[assignment]
 
 
+# Call counter of the quartet backward's randomness: each forward takes the next value, so a
+# retained backward repeats its draws and every new forward/backward pair gets fresh ones.
+_QUARTET_CALLS = itertools.count()
+
+
+class QuartetSaved(LinearSaved):
+    """What a quartet forward keeps: X_q (rotated basis) as packed e2m1 codes + scales, the clip
+    mask m_x (1 bit per element) and the call number of its backward's random draws."""
+
+    def __init__(self, recipe: Recipe, x_shape: Tuple[int, ...], tokens: int, in_features: int, out_features: int,
+                 w: np.ndarray, has_bias: bool, call: int) -> None:
+        self.recipe = recipe
+        self.x_shape = x_shape
+        self.tokens, self.in_features, self.out_features = tokens, in_features, out_features
+        self.w = w
+        self.has_bias = has_bias
+        self.x = None
+        self.call = call
+        lens = [ctypes.c_int64() for _ in range(3)]
+        _native.check(_native.lib.fp4swift_quartet_saved_sizes(tokens, in_features, *(ctypes.byref(v) for v in lens)))
+        self.x_codes = np.empty(lens[0].value, dtype=np.uint8)
+        self.x_scales = np.empty(lens[1].value, dtype=np.float32)
+        self.x_mask = np.empty(lens[2].value, dtype=np.uint8)
+        self.residual_indptr = np.zeros(0, dtype=np.int64)
+        self.consumed = False
+
+    @property
+    def residual_nnz(self) -> int:
+        return 0
+
+    @property
+    def residual(self) -> Optional[CSR]:
+        return None
+
+    @property
+    def nbytes(self) -> int:
+        if self.consumed:
+            return 0
+        return int(self.x_codes.nbytes + self.x_scales.nbytes + self.x_mask.nbytes)
+
+    def release(self) -> None:
+        super().release()
+        self.x_mask = None  # type: ignore[assignment]
+
+
 def _weight(w: Any) -> np.ndarray:
     wa = as_float32(w, "w")
     if wa.ndim != 2:
@@ -367,6 +462,15 @@ def linear_forward(x: Any, w: Any, b: Any = None, recipe: Any = "wang2025") -> T
         ba = as_float32(b, "b")
         if ba.shape != (N,):
             raise ValueError(f"b must have shape ({N},), got {ba.shape}")
+    if r.kind == "quartet":
+        r.validate()
+        qs = QuartetSaved(r, xa.shape, T, K, N, wa, ba is not None, next(_QUARTET_CALLS))
+        y = np.empty(xa.shape[:-1] + (N,), dtype=np.float32)
+        _native.check(_native.lib.fp4swift_quartet_forward(
+            fptr(xa), T, K, fptr(wa), N, fptr(ba) if ba is not None else None, fptr(y),
+            qs.x_codes.ctypes.data_as(_native.u8p), qs.x_codes.size, fptr(qs.x_scales), qs.x_scales.size,
+            qs.x_mask.ctypes.data_as(_native.u8p), qs.x_mask.size))
+        return y, qs
     saved = LinearSaved(r, xa.shape, T, K, N, wa, ba is not None)
     if r.input is None:
         saved.x = xa
@@ -397,6 +501,15 @@ def linear_backward(dy: Any, saved: LinearSaved, retain: bool = False, compute_d
     dx = np.empty(saved.x_shape, dtype=np.float32) if compute_dx else None
     dw = np.empty((N, K), dtype=np.float32) if compute_dw else None
     db = np.empty(N, dtype=np.float32) if saved.has_bias else None
+    if isinstance(saved, QuartetSaved):
+        _native.check(_native.lib.fp4swift_quartet_backward(
+            fptr(g), T, N, fptr(saved.w), K, saved.x_codes.ctypes.data_as(_native.u8p), saved.x_codes.size,
+            fptr(saved.x_scales), saved.x_scales.size, saved.x_mask.ctypes.data_as(_native.u8p), saved.x_mask.size,
+            int(saved.recipe.seed), int(saved.call), fptr(dx) if dx is not None else None,
+            fptr(dw) if dw is not None else None, fptr(db) if db is not None else None))
+        if not retain:
+            saved.release()
+        return dx, dw, db
     c = saved.recipe.to_c()
     _native.check(_native.lib.fp4swift_linear_backward(
         fptr(g), T, N, fptr(saved.x) if saved.x is not None else None, fptr(saved.w), K, ctypes.byref(c),

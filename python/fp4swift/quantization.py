@@ -145,6 +145,19 @@ def encode(values: Any, fmt: str, rounding: str = "nearest_even", seed: int = 0)
     return out
 
 
+def _as_code_bytes(codes: Any, name: str, top: int) -> np.ndarray:
+    """codes as C-contiguous uint8, refusing non-integer dtypes and values outside 0..top
+    (a plain cast would wrap 256 to 0 or truncate 3.7 to 3)."""
+    c = np.asarray(codes)
+    if c.size == 0:  # [] is float64 to numpy; an empty input has no codes to misread
+        return np.empty(c.shape, dtype=np.uint8)
+    if c.dtype.kind not in "ui" or c.dtype == np.bool_:
+        raise TypeError(f"{name} must be an unsigned integer array, got dtype {c.dtype}")
+    if c.min() < 0 or c.max() > top:
+        raise ValueError(f"{name} must lie in 0..{top}")
+    return np.ascontiguousarray(c, dtype=np.uint8)
+
+
 def decode(codes: Any, fmt: str) -> np.ndarray:
     """Values of codes (one per uint8) as float32, same shape."""
     c = np.asarray(codes)
@@ -161,7 +174,7 @@ def decode(codes: Any, fmt: str) -> np.ndarray:
 
 def pack_fp4(codes: Any) -> np.ndarray:
     """Packs 4-bit codes two per byte (element 2i in the low nibble, odd count padded with 0)."""
-    c = np.ascontiguousarray(np.asarray(codes), dtype=np.uint8).reshape(-1)
+    c = _as_code_bytes(codes, "codes", 15).reshape(-1)
     out = np.empty((c.size + 1) // 2, dtype=np.uint8)
     _native.check(_native.lib.fp4swift_pack_nibbles(u8ptr(c), c.size, u8ptr(out), out.size))
     return out
@@ -169,7 +182,9 @@ def pack_fp4(codes: Any) -> np.ndarray:
 
 def unpack_fp4(packed: Any, count: int) -> np.ndarray:
     """The first `count` 4-bit codes of a packed byte array."""
-    p = np.ascontiguousarray(np.asarray(packed), dtype=np.uint8).reshape(-1)
+    p = _as_code_bytes(packed, "packed", 255).reshape(-1)
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)):
+        raise TypeError(f"count must be an int, got {type(count).__name__}")
     if count < 0:
         raise ValueError(f"count must be non-negative, got {count}")
     out = np.empty(count, dtype=np.uint8)

@@ -19,7 +19,7 @@
 extern "C" {
 #endif
 
-#define FP4SWIFT_ABI_VERSION 2
+#define FP4SWIFT_ABI_VERSION 3
 
 /* Status codes. */
 #define FP4SWIFT_OK 0
@@ -31,7 +31,7 @@ extern "C" {
 /* Name tables for fp4swift_name(table, index). */
 #define FP4SWIFT_TABLE_FORMAT 0      /* e2m1, e1m2, e3m0, e4m3, e5m2, e8m0 */
 #define FP4SWIFT_TABLE_GRANULARITY 1 /* tensor, row, column, block, block2d */
-#define FP4SWIFT_TABLE_SCALE_RULE 2  /* absmax, pow2, e8m0, nvfp4, absmax_div3 */
+#define FP4SWIFT_TABLE_SCALE_RULE 2  /* absmax, pow2, e8m0, nvfp4, absmax_div3, quest */
 #define FP4SWIFT_TABLE_ROUNDING 3    /* nearest_even, nearest_away, stochastic */
 
 /* Granularity indices (FP4SWIFT_TABLE_GRANULARITY). */
@@ -104,6 +104,20 @@ int32_t fp4swift_dequantize(const uint8_t *codes, int64_t codes_len, int64_t row
                             const fp4swift_quantizer *q, const float *scales, int64_t n_scales,
                             float tensor_scale, float *out);
 
+/* Blockwise normalized Walsh-Hadamard transform (§6) along the last dimension: every 1 x block
+ * segment x of each row becomes x · diag(d) · H_block, H_block the Sylvester-Hadamard matrix / sqrt(block)
+ * (H·H^T = I). block: a power of two dividing cols (32 default in Python). signs: NULL (d = all +1) or
+ * block entries of exactly +1/-1. out may equal x (in place). */
+int32_t fp4swift_hadamard(const float *x, int64_t rows, int64_t cols, int32_t block, const float *signs,
+                          float *out);
+
+/* Clip mask of quantizing x with q (§2, quest; Quartet's backward): bit i (flat index) is 1 when
+ * |x_i / s| < fmax (strictly inside the range; nvfp4: |x_i * S / sb| < 6), 0 when it clipped or
+ * its group holds NaN/inf; all-zero groups give 1. Packed LSB first: element i is bit (i % 8) of
+ * mask[i / 8]; mask_len >= ceil(rows * cols / 8). */
+int32_t fp4swift_clip_mask(const float *x, int64_t rows, int64_t cols, const fp4swift_quantizer *q,
+                           uint8_t *mask, int64_t mask_len);
+
 /* Fidelity (§5): out[0] cosine, out[1] MSE, out[2] SNR in dB; float64 accumulation. */
 int32_t fp4swift_fidelity(const float *x, const float *x_hat, int64_t n, double *out);
 
@@ -140,6 +154,9 @@ typedef struct fp4swift_linear_recipe {
     int32_t dge;               /* 0: straight-through weight gradient */
     float dge_k;
     float dge_clamp;
+    int32_t wgrad_hadamard;    /* 0, or the block (power of two) of a random Hadamard transform of the
+                                  dW GEMM's operands along T: dW = Q_g(dY^T H_b) Q_x(X^T H_b)^T */
+    uint64_t wgrad_hadamard_seed; /* fixes the signs d of H_b = diag(d) H */
 } fp4swift_linear_recipe;
 
 /* Caller-owned saved state: X_q codes + scales and the CSR residual. */
@@ -168,6 +185,23 @@ int32_t fp4swift_linear_backward(const float *dy, int64_t tokens, int64_t out_fe
                                  const float *x, const float *w, int64_t in_features,
                                  const fp4swift_linear_recipe *recipe, const fp4swift_linear_saved *saved,
                                  float *dx, float *dw, float *db);
+
+/* Quartet linear layer (§6): X [T, K] with K a multiple of 32, W [N, K]. Forward rotates X and W
+ * blockwise (Hadamard, 32) and quantizes them with QuEST; the caller-owned saved state is X_q as
+ * packed e2m1 codes, its float scales and the clip mask m_x (1 bit per element, LSB first).
+ * Backward draws its random signs and stochastic-rounding seeds from (seed, call): pass a fresh
+ * call counter per backward. T and N need not be multiples of 32 (zero padding). dx, dw, db may be NULL. */
+int32_t fp4swift_quartet_saved_sizes(int64_t tokens, int64_t in_features, int64_t *x_codes_len,
+                                     int64_t *x_scales_len, int64_t *x_mask_len);
+int32_t fp4swift_quartet_forward(const float *x, int64_t tokens, int64_t in_features,
+                                 const float *w, int64_t out_features, const float *bias, float *y,
+                                 uint8_t *x_codes, int64_t x_codes_len, float *x_scales, int64_t x_scales_len,
+                                 uint8_t *x_mask, int64_t x_mask_len);
+int32_t fp4swift_quartet_backward(const float *dy, int64_t tokens, int64_t out_features,
+                                  const float *w, int64_t in_features,
+                                  const uint8_t *x_codes, int64_t x_codes_len, const float *x_scales,
+                                  int64_t x_scales_len, const uint8_t *x_mask, int64_t x_mask_len,
+                                  uint64_t seed, uint64_t call, float *dx, float *dw, float *db);
 
 #ifdef __cplusplus
 }

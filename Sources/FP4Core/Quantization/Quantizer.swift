@@ -35,6 +35,9 @@ public struct Quantizer: Sendable {
         if scaleRule == .nvfp4 && format != .e2m1 {
             throw FP4Error.invalid("the nvfp4 scale rule needs e2m1 elements, got \(format.name)")
         }
+        if scaleRule == .quest && format.overflow != .saturate {
+            throw FP4Error.invalid("the quest scale rule clips, so it needs a saturating element format, got \(format.name)")
+        }
     }
 }
 
@@ -123,6 +126,8 @@ extension Quantizer {
         }
         // nvfp4's S uses the finite groups only, so one bad group does not zero the rest.
         let S = scaleRule.tensorScale(tensorAmax: Float(bitPattern: tensorAmax))
+        // quest: population standard deviation of every group (float64).
+        let stds = scaleRule == .quest ? Quantizer.groupStds(x, L) : []
         var groups = [GroupScale](repeating: GroupScale(scale: 1, tensorScale: 1, byte: 0, isZero: true),
                                   count: amax.count)
         let rule = scaleRule, fmt = format
@@ -131,12 +136,50 @@ extension Quantizer {
             amax.withUnsafeBufferPointer { ap in
                 Parallel.forChunks(count: ap.count, grain: Parallel.grain(count: ap.count, minItems: 4096)) { range in
                     for i in range where ap[i] < finiteLimit {
-                        g[i] = rule.groupScale(amax: Float(bitPattern: ap[i]), format: fmt, tensorScale: S)
+                        g[i] = rule.groupScale(amax: Float(bitPattern: ap[i]), format: fmt, tensorScale: S,
+                                               std: stds.isEmpty ? 0 : stds[i])
                     }
                 }
             }
         }
         return TensorScales(layout: L, groups: groups, tensorScale: S, nonFinite: nonFinite, nonFiniteCount: count)
+    }
+
+    /// Population standard deviation σ = sqrt(max(E[x²] − μ², 0)) of every group, float64
+    /// sums in row-major order within the group (independent of the thread count).
+    /// Non-finite groups get meaningless values (their scales are never used).
+    static func groupStds(_ x: UnsafePointer<Float>, _ L: GroupLayout) -> [Double] {
+        let tc = L.tileCols, gr = L.groupRows, gc = L.groupCols
+        var stds = [Double](repeating: 0, count: L.groupCount)
+        let n = Double(gr * gc)
+        stds.withUnsafeMutableBufferPointer { sp in
+            guard let out = sp.baseAddress else { return }
+            let grain = Parallel.grain(count: L.tileRows, minItems: Swift.max(1, 16384 / Swift.max(1, gr * L.cols)))
+            Parallel.forChunks(count: L.tileRows, grain: grain) { trs in
+                var sum = [Double](repeating: 0, count: tc), sq = [Double](repeating: 0, count: tc)
+                for tr in trs {
+                    for j in 0..<tc { sum[j] = 0; sq[j] = 0 }
+                    for r in (tr * gr)..<((tr + 1) * gr) {
+                        let row = x + r * L.cols
+                        for j in 0..<tc {
+                            var a = sum[j], b = sq[j]
+                            for c in (j * gc)..<((j + 1) * gc) {
+                                let v = Double(row[c])
+                                a += v
+                                b += v * v
+                            }
+                            sum[j] = a
+                            sq[j] = b
+                        }
+                    }
+                    for j in 0..<tc {
+                        let mu = sum[j] / n
+                        out[tr * tc + j] = Swift.max(sq[j] / n - mu * mu, 0).squareRoot()
+                    }
+                }
+            }
+        }
+        return stds
     }
 
     /// Flat index of the first non-finite element (for error messages).

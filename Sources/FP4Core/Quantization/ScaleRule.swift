@@ -10,6 +10,10 @@ public enum ScaleRule: Int, Sendable, CaseIterable {
     case nvfp4 = 3
     /// s = 2^floor(log2 amax) / 3, so amax / s ∈ [3, 6) (Quartet backward).
     case absmaxDiv3 = 4
+    /// QuEST (Quartet forward): from the group's population standard deviation σ,
+    /// s0 = (2.92247856 / fmax)·σ + 1e-8, s = 2^floor(log2 s0); values beyond fmax·s clip
+    /// (see `Quantizer.clipMask`). Statistics in float64. Saturating formats only.
+    case quest = 5
 
     public var name: String {
         switch self {
@@ -18,6 +22,7 @@ public enum ScaleRule: Int, Sendable, CaseIterable {
         case .e8m0: return "e8m0"
         case .nvfp4: return "nvfp4"
         case .absmaxDiv3: return "absmax_div3"
+        case .quest: return "quest"
         }
     }
 
@@ -53,8 +58,9 @@ extension ScaleRule {
         return (tensorAmax == 0 || !s.isFinite) ? 1 : s
     }
 
-    /// The scale of one group with absolute maximum `amax` (finite, ≥ 0).
-    public func groupScale(amax: Float, format: MiniFloatFormat, tensorScale S: Float) -> GroupScale {
+    /// The scale of one group with absolute maximum `amax` (finite, ≥ 0). `std`, the
+    /// group's population standard deviation, is read by `quest` only.
+    public func groupScale(amax: Float, format: MiniFloatFormat, tensorScale S: Float, std: Double = 0) -> GroupScale {
         let fmax = format.maxValue
         let zero = GroupScale(scale: 1, tensorScale: 1, byte: 0, isZero: true)
         switch self {
@@ -86,7 +92,19 @@ extension ScaleRule {
             guard amax > 0 else { return zero }
             let s = exactPow2(exponentFloor(amax)) / 3
             return s > 0 ? GroupScale(scale: s, tensorScale: 1, byte: 0, isZero: false) : zero
+        case .quest:
+            guard amax > 0 else { return zero }
+            return GroupScale(scale: ScaleRule.questScale(std: std, format: format), tensorScale: 1, byte: 0, isZero: false)
         }
+    }
+
+    /// QuEST's scale from σ: s0 = (2.92247856 / fmax)·σ + 1e-8 in float64 (for e2m1 the
+    /// spec's (2.92247856 / 6)·σ: the clip range 2.92σ is the MSE-optimal one for a
+    /// Gaussian), s = 2^floor(log2 s0), at most 2^127. s0 ≥ 1e-8, so s ≥ 2^−27.
+    public static func questScale(std: Double, format: MiniFloatFormat) -> Float {
+        let s0 = (2.92247856 / Double(format.maxValue)) * std + 1e-8
+        guard s0.isFinite else { return exactPow2(127) }
+        return exactPow2(Swift.min(Int(s0.exponent), 127))
     }
 }
 

@@ -194,7 +194,12 @@ public enum LinearLayer {
                 guard let x else { throw FP4Error.invalid("a float32-input recipe needs x in the backward") }
                 xOperand = x
             }
-            BLAS.gemm(transA: true, transB: false, m: N, n: K, k: T, a: gOperand, b: xOperand, c: dw)
+            if let h = recipe.wgradHadamard {
+                try rotatedWeightGradient(dy: dy, x: xOperand, T: T, N: N, K: K, h: h,
+                                          gradient: recipe.gradient, input: recipe.input, into: dw)
+            } else {
+                BLAS.gemm(transA: true, transB: false, m: N, n: K, k: T, a: gOperand, b: xOperand, c: dw)
+            }
             withExtendedLifetime(xd) {}
             if let cfg = recipe.dge, let q = recipe.weight, let ts = wScales {
                 let dge = try DGE(format: q.format, k: cfg.k, clamp: cfg.clamp)
@@ -206,6 +211,33 @@ public enum LinearLayer {
             columnSums(dy, rows: T, cols: N, into: db)
         }
         withExtendedLifetime((gq, wq)) {}
+    }
+
+    /// dW = Q_g(dYᵀ·H_b) · Q_x(Xᵀ·H_b)ᵀ (see `WgradHadamard`): both operands transposed
+    /// into zero-padded [·, Tp] buffers, rotated blockwise along T, quantized (nil: float32).
+    static func rotatedWeightGradient(dy: UnsafePointer<Float>, x: UnsafePointer<Float>, T: Int, N: Int, K: Int,
+                                      h: WgradHadamard, gradient: Quantizer?, input: Quantizer?,
+                                      into dw: UnsafeMutablePointer<Float>) throws {
+        let tp = (T + h.block - 1) / h.block * h.block
+        let d = h.signs
+        func operand(_ src: UnsafePointer<Float>, rows: Int, _ q: Quantizer?, nonFinite: NonFinitePolicy) throws -> Scratch {
+            // src is [T, rows]; the operand is srcᵀ [rows, tp].
+            let a = Scratch(rows * tp)
+            a.pointer.initialize(repeating: 0, count: Swift.max(rows * tp, 1))
+            for t in 0..<T { for r in 0..<rows { a.pointer[r * tp + t] = src[t * rows + r] } }
+            try d.withUnsafeBufferPointer { dp in
+                try Hadamard.transform(UnsafePointer(a.pointer), rows: rows, cols: tp, block: h.block,
+                                       signs: dp.baseAddress!, into: a.pointer)
+            }
+            if let q, rows * tp > 0 {
+                try q.fakeQuantize(UnsafePointer(a.pointer), rows: rows, cols: tp, into: a.pointer, nonFinite: nonFinite)
+            }
+            return a
+        }
+        let g = try operand(dy, rows: N, gradient, nonFinite: .propagate)
+        let xr = try operand(x, rows: K, input, nonFinite: .propagate)
+        BLAS.gemm(transA: false, transB: true, m: N, n: K, k: tp, a: g.pointer, b: xr.pointer, c: dw)
+        withExtendedLifetime((g, xr)) {}
     }
 
     /// dW ⊙ f'(W / s_w), group by group, v computed exactly as the quantizer computes it.
@@ -242,6 +274,8 @@ public enum LinearLayer {
 
     static func clampOnly(_ x: UnsafePointer<Float>, _ T: Int, _ K: Int, _ th: [OCCThresholds], _ perRow: Bool,
                           into xc: UnsafeMutablePointer<Float>) {
+        // An empty tensor (K = 0) has no thresholds (OCC.thresholds returns []) and nothing to clamp.
+        guard T > 0, K > 0, !th.isEmpty else { return }
         th.withUnsafeBufferPointer { th in
             Parallel.forChunks(count: T, grain: Parallel.grain(count: T, minItems: Swift.max(1, 8192 / Swift.max(1, K)))) { rows in
                 for r in rows {

@@ -24,6 +24,27 @@ public struct DGEConfig: Sendable, Equatable {
     }
 }
 
+/// A random Hadamard transform on the weight-gradient GEMM's operands (NVFP4 recipe):
+/// dW = Q_gradient(dYᵀ·H_b) · Q_input(X_savedᵀ·H_b)ᵀ, with H_b = diag(d)·H_block applied
+/// blockwise along T (the GEMM's reduction dimension), T zero-padded to a multiple of
+/// `block`. d ∈ {±1}^block is fixed by `seed`: d_i = −1 if CounterRNG.uniform(key(seed), i) < ½.
+/// Since H_b·H_bᵀ = I the product equals dYᵀ·X up to quantization, with outliers spread
+/// over each block of tokens before the 1×block scale groups see them.
+public struct WgradHadamard: Sendable, Equatable {
+    public var block: Int
+    public var seed: UInt64
+    public init(block: Int = 16, seed: UInt64 = 0) {
+        self.block = block
+        self.seed = seed
+    }
+
+    /// The sign vector d.
+    public var signs: [Float] {
+        let k = CounterRNG.key(seed: seed)
+        return (0..<block).map { CounterRNG.uniform(key: k, index: $0) < 0.5 ? -1 : 1 }
+    }
+}
+
 /// A linear layer's precision recipe as data (spec §6): which operand of which GEMM is
 /// quantized how. `nil` quantizers mean float32.
 ///
@@ -35,14 +56,17 @@ public struct LinearRecipe: Sendable {
     public var gradient: Quantizer?
     public var occ: OCCConfig?
     public var dge: DGEConfig?
+    /// Random Hadamard transform of the dW GEMM's operands along T (nil: none).
+    public var wgradHadamard: WgradHadamard?
 
     public init(input: Quantizer? = nil, weight: Quantizer? = nil, gradient: Quantizer? = nil,
-                occ: OCCConfig? = nil, dge: DGEConfig? = nil) {
+                occ: OCCConfig? = nil, dge: DGEConfig? = nil, wgradHadamard: WgradHadamard? = nil) {
         self.input = input
         self.weight = weight
         self.gradient = gradient
         self.occ = occ
         self.dge = dge
+        self.wgradHadamard = wgradHadamard
     }
 
     /// Checks the combination: ranges of α, k, C; OCC needs a quantized input; DGE a
@@ -56,6 +80,11 @@ public struct LinearRecipe: Sendable {
                 throw FP4Error.invalid("OCC alpha must lie in (0.5, 1], got \(occ.alpha)")
             }
             guard input != nil else { throw FP4Error.invalid("OCC needs a quantized input (the recipe's input quantizer is float32)") }
+        }
+        if let h = wgradHadamard {
+            guard h.block >= 2, h.block & (h.block - 1) == 0 else {
+                throw FP4Error.invalid("the weight-gradient Hadamard block must be a power of two >= 2, got \(h.block)")
+            }
         }
         if let dge {
             guard let w = weight else { throw FP4Error.invalid("DGE needs a quantized weight (the recipe's weight quantizer is float32)") }
