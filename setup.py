@@ -72,7 +72,11 @@ class BuildSwift(build_ext):
         built = os.path.join(SCRATCH, "release", "libfp4swift.so")
         dest = self.get_ext_fullpath(ext.name)
         os.makedirs(os.path.dirname(dest), exist_ok=True)
-        shutil.copyfile(built, dest)
+        # Copy then rename: a process that has the old library mapped keeps its inode
+        # instead of crashing when the file is overwritten in place.
+        tmp = dest + ".tmp"
+        shutil.copyfile(built, tmp)
+        os.replace(tmp, dest)
 
     def get_ext_filename(self, fullname: str) -> str:
         # A plain shared library loaded through ctypes, not a CPython extension module.

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Sets up and runs the main job: quantizes a tensor in every format and prints fidelity
-# and throughput. (It becomes `fp4swift train` once the training experiment lands.)
+# Sets up (system packages, `pip install -e .[torch]`) and runs the main job:
+# `fp4swift train` trains a small LLaMA-style byte-level model on the Python standard
+# library under the fp32, fp4-direct and wang2025 recipes side by side and prints who wins.
+# Arguments are passed to `fp4swift train` (e.g. --steps 100, --recipes fp32,wang2025,
+# --resume). Results: runs/<timestamp>/ (runs/latest points at the newest run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-FP4SWIFT_EXTRAS="${FP4SWIFT_EXTRAS-}" bash tools/setup.sh
-fp4swift formats "$@"
+FP4SWIFT_EXTRAS=torch bash tools/setup.sh
+fp4swift train "$@"

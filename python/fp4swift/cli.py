@@ -1,6 +1,11 @@
 """The `fp4swift` command.
 
     fp4swift formats [--input X.npy] [--rows R --cols C]   fidelity and throughput of every quantizer
+    fp4swift train [--recipes fp32,fp4-direct,wang2025] [--steps N] [--out DIR] [--resume]
+                                                         train a small LLaMA-style model under each recipe
+    fp4swift fidelity [--steps N | --checkpoint PATH]    Wang et al. Table 1 on the model's activations
+
+`train` and `fidelity` need PyTorch (pip install -e .[torch]); `formats` does not.
 """
 from __future__ import annotations
 
@@ -89,7 +94,90 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--cols", type=int, default=2048)
     f.add_argument("--seed", type=int, default=0)
     f.set_defaults(func=cmd_formats)
+
+    t = sub.add_parser("train", help="train a small LLaMA-style model under several precision recipes side by side",
+                       description="Trains one byte-level LLaMA-style model per recipe from the same initialization "
+                                   "and data order, then prints and saves a summary table and a loss-curve plot. "
+                                   "Output: DIR/config.json, DIR/<recipe>/metrics.csv and checkpoint.pt, "
+                                   "DIR/loss_curves.png, DIR/summary.md and summary.csv. Ctrl-C writes a checkpoint; "
+                                   "--resume continues exactly where the run stopped.")
+    t.add_argument("--recipes", help="comma-separated recipes (default fp32,fp4-direct,wang2025); fp32 = the "
+                                     "unconverted model; ablations override recipe fields: wang2025:dge=off, "
+                                     "wang2025:alpha=0.97, wang2025:occ=off, wang2025:granularity=tensor")
+    _model_args(t)
+    t.add_argument("--eval-every", type=int, help="validation every N steps (default 20)")
+    t.add_argument("--eval-batches", type=int, help="fixed validation batches per evaluation (default 4)")
+    t.add_argument("--checkpoint-every", type=int, help="checkpoint every N steps (default 50)")
+    t.add_argument("--out", help="output directory (default runs/<YYYYmmdd-HHMMSS>, with the symlink runs/latest "
+                                 "pointing at it; with --resume the default is runs/latest)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoints "
+                                                         "(its config.json is used; training flags may not change)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    t.add_argument("--stop-after", type=int, help=argparse.SUPPRESS)  # tests: act as Ctrl-C after N steps
+    t.set_defaults(func=_cmd_train)
+
+    fi = sub.add_parser("fidelity", help="Wang et al. Table 1 (OCC clamp/compensation fidelity) on the model's "
+                                         "linear-layer inputs",
+                        description="Trains the fp32 model briefly (default 100 steps) or loads a checkpoint of "
+                                    "`fp4swift train`, captures the input of every linear layer that convert() "
+                                    "would convert, and prints cosine / MSE / SNR of the e2m1 per-token quantizer "
+                                    "without clamping, with clamping, and with clamping plus compensation, next "
+                                    "to the paper's numbers.")
+    _model_args(fi)
+    fi.add_argument("--checkpoint", help="a checkpoint.pt written by `fp4swift train` (skips training)")
+    fi.add_argument("--batches", type=int, default=1, help="validation batches to capture (default 1)")
+    fi.add_argument("--per-layer", action="store_true", help="also print the SNR of every layer")
+    fi.add_argument("--no-progress", action="store_true", help="no progress bar")
+    fi.set_defaults(func=_cmd_fidelity)
     return p
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    """Model, data and optimization flags shared by `train` and `fidelity` (None = default / stored value)."""
+    g = p.add_argument_group("model and data")
+    g.add_argument("--d-model", type=int, help="model width (default 128)")
+    g.add_argument("--layers", type=int, help="decoder blocks (default 4)")
+    g.add_argument("--heads", type=int, help="attention heads (default 4)")
+    g.add_argument("--mlp-hidden", type=int, help="SwiGLU hidden size (default 8/3·d_model rounded up to 32)")
+    g.add_argument("--tie-embeddings", action="store_true", default=None,
+                   help="share the LM head's weight with the token embedding (default: untied)")
+    g.add_argument("--seq-len", type=int, help="tokens (bytes) per sequence (default 128)")
+    g.add_argument("--batch-size", type=int, help="sequences per step (default 16)")
+    g.add_argument("--steps", type=int, help="optimizer steps per recipe (train: 200; fidelity: 100)")
+    g.add_argument("--lr", type=float, help="peak AdamW learning rate (default 2e-3: the best of 6e-4..3e-3 for "
+                                            "fp32 at the default size; linear warmup, cosine decay)")
+    g.add_argument("--warmup", type=int, help="warmup steps (default steps/20)")
+    g.add_argument("--seed", type=int, help="seed of the initialization and the data order (default 0)")
+    g.add_argument("--data", help="a text file or a directory of text files (read recursively) "
+                                  "instead of the Python standard library's .py files")
+    g.add_argument("--threads", type=int, help="CPU threads per recipe (default 1: robust when other processes "
+                                               "share the cores, and a per-core cost comparison); fp32 runs torch "
+                                               "on them, FP4 recipes the Swift core and OpenBLAS (torch on 1)")
+
+
+def _needs_torch(cmd: str) -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print(f"fp4swift {cmd}: error: needs PyTorch: pip install -e .[torch]", file=sys.stderr)
+        return False
+    return True
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    if not _needs_torch("train"):
+        return 2
+    from .train.runner import train_command
+
+    return train_command(args)
+
+
+def _cmd_fidelity(args: argparse.Namespace) -> int:
+    if not _needs_torch("fidelity"):
+        return 2
+    from .train.fidelity import fidelity_command
+
+    return fidelity_command(args)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
