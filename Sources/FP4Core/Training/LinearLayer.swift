@@ -245,22 +245,21 @@ public enum LinearLayer {
     /// ScaleRule.neverClips), so a group's largest weight keeps its gradient.
     static func applyDGE(_ dge: DGE, gradient g: UnsafeMutablePointer<Float>, weight w: UnsafePointer<Float>,
                          scales ts: TensorScales, clampToRange: Bool) {
+        // On the calling thread, like DGE.derivatives (2 workers ran this loop 3.5x slower).
         let L = ts.layout, kernel = dge.kernel
         ts.groups.withUnsafeBufferPointer { gs in
-            Parallel.forChunks(count: L.rows, grain: Parallel.grain(count: L.rows, minItems: Swift.max(1, 8192 / Swift.max(1, L.cols)))) { rows in
-                for r in rows {
-                    let gbase = (r / L.groupRows) * L.tileCols
-                    for j in 0..<L.tileCols {
-                        let start = r * L.cols + j * L.groupCols
-                        let range = start..<(start + L.groupCols)
-                        let s = gs[gbase + j]
-                        if s.isZero {
-                            // An all-zero weight group sits at v = 0, a grid point: f' = 1/k.
-                            let d = kernel.derivative(0)
-                            for i in range { g[i] *= d }
-                        } else {
-                            kernel.scaleGradient(g, w, range, scale: s.scale, clampToRange: clampToRange)
-                        }
+            for r in 0..<L.rows {
+                let gbase = (r / L.groupRows) * L.tileCols
+                for j in 0..<L.tileCols {
+                    let start = r * L.cols + j * L.groupCols
+                    let range = start..<(start + L.groupCols)
+                    let s = gs[gbase + j]
+                    if s.isZero {
+                        // An all-zero weight group sits at v = 0, a grid point: f' = 1/k.
+                        let d = kernel.derivative(0)
+                        for i in range { g[i] *= d }
+                    } else {
+                        kernel.scaleGradient(g, w, range, scale: s.scale, clampToRange: clampToRange)
                     }
                 }
             }
