@@ -2,6 +2,7 @@
 timed in the same run. The machine is shared and noisy: read ratios, not absolute times."""
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from typing import Callable, Dict, List, Sequence, Tuple
@@ -40,3 +41,20 @@ def print_table(title: str, header: Sequence[str], rows: List[Tuple]) -> None:
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in rows:
         print("| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |")
+
+
+def square_benchmark(description: str, set_threads: Callable[[int], None]):
+    """The shared setup of the square-array benchmarks: --size/--threads/--repeats, the
+    kernels' thread count, a seeded standard-normal float32 [size, size] array x and an
+    output array of its shape. Returns (args, rng, x, out)."""
+    import numpy as np
+
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=4096)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=7)
+    args = ap.parse_args()
+    set_threads(args.threads)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((args.size, args.size), dtype=np.float32)
+    return args, rng, x, np.empty_like(x)

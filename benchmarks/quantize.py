@@ -7,14 +7,13 @@ throughput (both read and write 4 bytes per element), >= 20x ml_dtypes astype an
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import median_seconds, print_table  # noqa: E402
+from _timing import median_seconds, print_table, square_benchmark  # noqa: E402
 
 import fp4swift as f4  # noqa: E402
 
@@ -34,15 +33,7 @@ def numpy_fake_quantize_row(x: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", type=int, default=4096)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=7)
-    args = ap.parse_args()
-    f4.set_num_threads(args.threads)
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((args.size, args.size), dtype=np.float32)
-    out = np.empty_like(x)
+    args, rng, x, out = square_benchmark(__doc__, f4.set_num_threads)
 
     base = median_seconds(lambda: np.copyto(out, x), args.repeats)
     rows = []
