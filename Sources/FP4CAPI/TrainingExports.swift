@@ -7,6 +7,13 @@ func checkAlpha(_ alpha: Double) throws {
     guard alpha > 0.5, alpha <= 1 else { throw invalid("alpha must lie in (0.5, 1], got \(alpha)") }
 }
 
+/// X [T, K], W [N, K] and Y / dY [T, N] must each have a valid, non-overflowing size.
+func checkLinearShapes(_ T: Int64, _ K: Int64, _ N: Int64) throws {
+    _ = try elementCount(T, K)
+    _ = try elementCount(N, K)
+    _ = try elementCount(T, N)
+}
+
 /// A CSR matrix from C must be well-formed before any kernel indexes with it.
 func checkCSR(_ indptr: UnsafePointer<Int64>, _ indices: UnsafePointer<Int32>, nnz: Int, rows: Int, cols: Int) throws {
     guard indptr[0] == 0, indptr[rows] == Int64(nnz) else {
@@ -155,14 +162,13 @@ public func fp4swift_linear_forward(_ x: UnsafePointer<Float>?, _ T: Int64, _ K:
                                     _ bias: UnsafePointer<Float>?, _ rp: UnsafePointer<fp4swift_linear_recipe>?,
                                     _ y: UnsafeMutablePointer<Float>?, _ sp: UnsafeMutablePointer<fp4swift_linear_saved>?) -> Int32 {
     guarded {
-        _ = try elementCount(T, K)
-        _ = try elementCount(N, K)
-        _ = try elementCount(T, N)
+        try checkLinearShapes(T, K, N)
         let recipe = try linearRecipe(rp)
         let savedPointer = try required(sp, "saved")
         var saved = try linearSaved(UnsafePointer(savedPointer))
-        if let cap = Optional(saved.residualCapacity), cap > 0, saved.residualIndptr == nil || saved.residualIndices == nil || saved.residualValues == nil {
-            throw invalid("residual buffers are NULL but residual_capacity is \(cap)")
+        if saved.residualCapacity > 0,
+           saved.residualIndptr == nil || saved.residualIndices == nil || saved.residualValues == nil {
+            throw invalid("residual buffers are NULL but residual_capacity is \(saved.residualCapacity)")
         }
         guard T > 0, N > 0 else { return }
         try LinearLayer.forward(x: try required(x, "x"), tokens: Int(T), inFeatures: Int(K), w: try required(w, "w"), outFeatures: Int(N),
@@ -178,9 +184,7 @@ public func fp4swift_linear_backward(_ dy: UnsafePointer<Float>?, _ T: Int64, _ 
                                      _ sp: UnsafePointer<fp4swift_linear_saved>?, _ dx: UnsafeMutablePointer<Float>?,
                                      _ dw: UnsafeMutablePointer<Float>?, _ db: UnsafeMutablePointer<Float>?) -> Int32 {
     guarded {
-        _ = try elementCount(T, K)
-        _ = try elementCount(N, K)
-        _ = try elementCount(T, N)
+        try checkLinearShapes(T, K, N)
         let recipe = try linearRecipe(rp)
         let saved = try linearSaved(sp)
         let sizes = try LinearLayer.savedSizes(tokens: Int(T), inFeatures: Int(K), recipe: recipe)

@@ -47,6 +47,25 @@ final class Scratch {
     deinit { pointer.deallocate() }
 }
 
+/// A GEMM operand: the input itself when its quantizer is nil (float32), otherwise its
+/// fake-quantized copy in scratch memory, with the scales used.
+struct Operand {
+    let pointer: UnsafePointer<Float>
+    let scales: TensorScales?
+    private let storage: Scratch?
+
+    init(_ source: UnsafePointer<Float>, rows: Int, cols: Int, quantizer: Quantizer?, nonFinite: NonFinitePolicy) throws {
+        guard let q = quantizer else {
+            (pointer, scales, storage) = (source, nil, nil)
+            return
+        }
+        let buffer = Scratch(rows * cols)
+        scales = try q.fakeQuantizeReturningScales(source, rows: rows, cols: cols, into: buffer.pointer, nonFinite: nonFinite)
+        pointer = UnsafePointer(buffer.pointer)
+        storage = buffer
+    }
+}
+
 /// The FP4 linear layer Y = X·Wᵀ + b under a `LinearRecipe` (spec §6).
 /// Shapes: X [T, K], W [N, K], b [N], Y and dY [T, N].
 public enum LinearLayer {
@@ -123,14 +142,8 @@ public enum LinearLayer {
             xOperand = UnsafePointer(buffer.pointer)
         }
 
-        var wq: Scratch?
-        var wOperand = w
-        if let q = recipe.weight {
-            let buffer = Scratch(N * K)
-            wq = buffer
-            try q.fakeQuantize(w, rows: N, cols: K, into: buffer.pointer, nonFinite: .raise)
-            wOperand = UnsafePointer(buffer.pointer)
-        }
+        let wq = try Operand(w, rows: N, cols: K, quantizer: recipe.weight, nonFinite: .raise)
+        let wOperand = wq.pointer
 
         if let bias {
             for t in 0..<T { (y + t * N).update(from: bias, count: N) }
@@ -151,25 +164,12 @@ public enum LinearLayer {
         try checkShapes(T, K, N)
         try recipe.validate()
 
-        var gq: Scratch?
-        var gOperand = dy
-        if let q = recipe.gradient {
-            let buffer = Scratch(T * N)
-            gq = buffer
-            try q.fakeQuantize(dy, rows: T, cols: N, into: buffer.pointer, nonFinite: .propagate)
-            gOperand = UnsafePointer(buffer.pointer)
-        }
+        let gq = try Operand(dy, rows: T, cols: N, quantizer: recipe.gradient, nonFinite: .propagate)
+        let gOperand = gq.pointer
 
         // W_q is recomputed, with the same scales the forward used (DGE needs them).
-        var wq: Scratch?
-        var wOperand = w
-        var wScales: TensorScales?
-        if let q = recipe.weight {
-            let buffer = Scratch(N * K)
-            wq = buffer
-            wScales = try q.fakeQuantizeReturningScales(w, rows: N, cols: K, into: buffer.pointer, nonFinite: .raise)
-            wOperand = UnsafePointer(buffer.pointer)
-        }
+        let wq = try Operand(w, rows: N, cols: K, quantizer: recipe.weight, nonFinite: .raise)
+        let wOperand = wq.pointer, wScales = wq.scales
 
         if let dx {
             BLAS.gemm(transA: false, transB: false, m: T, n: K, k: N, a: gOperand, b: wOperand, c: dx)
