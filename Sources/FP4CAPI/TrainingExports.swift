@@ -132,9 +132,20 @@ func linearRecipe(_ rp: UnsafePointer<fp4swift_linear_recipe>?) throws -> Linear
         gradient: try quant(r.quantize_gradient, r.gradient),
         occ: r.occ != 0 ? OCCConfig(alpha: r.occ_alpha, perRow: r.occ_per_row != 0, compensate: r.occ_compensate != 0) : nil,
         dge: r.dge != 0 ? DGEConfig(k: r.dge_k, clamp: r.dge_clamp) : nil,
-        wgradHadamard: r.wgrad_hadamard != 0 ? WgradHadamard(block: Int(r.wgrad_hadamard), seed: r.wgrad_hadamard_seed) : nil)
+        wgradHadamard: r.wgrad_hadamard != 0 ? WgradHadamard(block: Int(r.wgrad_hadamard), seed: r.wgrad_hadamard_seed) : nil,
+        backwardWeight: try backwardOperand(r.backward_weight_mode, r.backward_weight, "backward_weight_mode"),
+        backwardInput: try backwardOperand(r.backward_input_mode, r.backward_input, "backward_input_mode"))
     try recipe.validate()
     return recipe
+}
+
+func backwardOperand(_ mode: Int32, _ q: fp4swift_quantizer, _ name: String) throws -> BackwardOperand {
+    switch mode {
+    case FP4SWIFT_BACKWARD_FORWARD: return .forward
+    case FP4SWIFT_BACKWARD_FLOAT32: return .own(nil)
+    case FP4SWIFT_BACKWARD_QUANTIZE: return .own(try withUnsafePointer(to: q) { try quantizer($0).0 })
+    default: throw invalid("\(name) must be 0 (forward), 1 (float32) or 2 (quantize), got \(mode)")
+    }
 }
 
 func linearSaved(_ sp: UnsafePointer<fp4swift_linear_saved>?) throws -> LinearSaved {
@@ -206,7 +217,7 @@ public func fp4swift_linear_backward(_ dy: UnsafePointer<Float>?, _ T: Int64, _ 
             if T > 0 && N > 0, let db { LinearLayer.columnSums(try required(dy, "dy"), rows: Int(T), cols: Int(N), into: db) }
             return
         }
-        if recipe.input == nil && dw != nil && x == nil { throw invalid("a float32-input recipe needs x in the backward") }
+        if recipe.savedInput == nil && dw != nil && x == nil { throw invalid("a float32-input recipe needs x in the backward") }
         try LinearLayer.backward(dy: try required(dy, "dy"), tokens: Int(T), outFeatures: Int(N), x: x, w: try required(w, "w"),
                                  inFeatures: Int(K), recipe: recipe, saved: saved, dx: dx, dw: dw, db: db)
     }

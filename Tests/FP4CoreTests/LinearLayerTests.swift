@@ -170,6 +170,48 @@ final class LinearLayerTests: XCTestCase {
         XCTAssertEqual(r.savedScales.count, 1)
     }
 
+    /// Zhou et al. (spec §7): an FP4 forward (e2m1 block(16)) with FP8 backward GEMMs of their own
+    /// (dY e5m2 per tensor; W and X e4m3 per column, from the float32 W and X); the forward saves
+    /// the e4m3 codes of X, one byte per element.
+    func testOwnBackwardOperands() throws {
+        var (rng, seed) = TestRNG.fresh()
+        let T = 6, K = 32, N = 5
+        let fp4 = Quantizer(format: .e2m1, granularity: .block(16), scaleRule: .absmax, rounding: .nearestEven)
+        let fp8 = Quantizer(format: .e4m3, granularity: .column, scaleRule: .absmax, rounding: .nearestEven)
+        let x = randomGaussian(T * K, &rng), w = randomGaussian(N * K, &rng), b = randomGaussian(N, &rng)
+        let dy = randomGaussian(T * N, &rng)
+        let recipe = LinearRecipe(input: fp4, weight: fp4, gradient: Self.fp8Gradient,
+                                  backwardWeight: .own(fp8), backwardInput: .own(fp8))
+        let r = try runLinear(x: x, T: T, K: K, w: w, N: N, bias: b, dy: dy, recipe: recipe)
+        let xq = try fp4.fakeQuantize(x, rows: T, cols: K).out, wq = try fp4.fakeQuantize(w, rows: N, cols: K).out
+        let xb = try fp8.fakeQuantize(x, rows: T, cols: K).out, wb = try fp8.fakeQuantize(w, rows: N, cols: K).out
+        let g = try Self.fp8Gradient.fakeQuantize(dy, rows: T, cols: N).out.map(Double.init)
+        let fwd = referenceLinear(xOp: xq.map(Double.init), wOp: wq.map(Double.init), bias: b, g: g, dyRaw: dy,
+                                  T: T, K: K, N: N, dgeFactor: nil)
+        let bwd = referenceLinear(xOp: xb.map(Double.init), wOp: wb.map(Double.init), bias: b, g: g, dyRaw: dy,
+                                  T: T, K: K, N: N, dgeFactor: nil)
+        assertClose(r.y, fwd.y, "y seed \(seed)")
+        assertClose(r.dx, bwd.dx, "dx seed \(seed)")
+        assertClose(r.dw, bwd.dw, "dw seed \(seed)")
+        XCTAssertEqual(r.savedCodes.count, T * K)
+        XCTAssertEqual(r.savedScales.count, K)
+        XCTAssertEqual(r.residualNNZ, 0)
+
+        // Float32 backward operands: the backward reads the float32 X and W.
+        let plain = LinearRecipe(input: fp4, weight: fp4, backwardWeight: .own(nil), backwardInput: .own(nil))
+        let p = try runLinear(x: x, T: T, K: K, w: w, N: N, bias: nil, dy: dy, recipe: plain)
+        let exact = referenceLinear(xOp: x.map(Double.init), wOp: w.map(Double.init), bias: nil, g: dy.map(Double.init),
+                                    dyRaw: dy, T: T, K: K, N: N, dgeFactor: nil)
+        assertClose(p.dx, exact.dx, "float32 dx seed \(seed)")
+        assertClose(p.dw, exact.dw, "float32 dw seed \(seed)")
+        XCTAssertEqual(p.savedCodes.count, 0)
+
+        // OCC's residual belongs to the forward's X_q: it cannot go with an own backward X.
+        var bad = Self.wang2025()
+        bad.backwardInput = .own(fp8)
+        XCTAssertThrowsError(try bad.validate())
+    }
+
     // MARK: - Errors
 
     func testBadRecipesThrow() throws {
@@ -284,7 +326,7 @@ private func runLinear(x: [Float], T: Int, K: Int, w: [Float], N: Int, bias: [Fl
                     try dw.withUnsafeMutableBufferPointer { dwp in
                         try db.withUnsafeMutableBufferPointer { dbp in
                             try LinearLayer.backward(dy: gp.baseAddress!, tokens: T, outFeatures: N,
-                                                     x: recipe.input == nil ? xp.baseAddress! : nil, w: wp.baseAddress!,
+                                                     x: recipe.savedInput == nil ? xp.baseAddress! : nil, w: wp.baseAddress!,
                                                      inFeatures: K, recipe: recipe, saved: saved,
                                                      dx: dxp.baseAddress!, dw: dwp.baseAddress!,
                                                      db: bias == nil ? nil : dbp.baseAddress!)

@@ -47,6 +47,7 @@ from .quantization import (
 )
 
 from .quartet import clip_mask, hadamard
+from .roles import ROLES, module_role
 
 __version__ = "0.1.0"
 
@@ -58,5 +59,5 @@ __all__ = [
     "get_num_threads", "pack_fp4", "quantize", "set_num_threads", "unpack_fp4",
     "CSR", "LinearSaved", "Recipe", "csr_matmul_t", "dge_derivative", "dge_surrogate",
     "linear_backward", "linear_forward", "occ", "occ_thresholds", "recipes", "register_recipe",
-    "clip_mask", "hadamard",
+    "clip_mask", "hadamard", "ROLES", "module_role",
 ]

@@ -12,7 +12,7 @@ import pathlib
 import warnings
 from ctypes import POINTER, c_char_p, c_double, c_float, c_int32, c_int64, c_uint8, c_uint64
 
-ABI_VERSION = 3
+ABI_VERSION = 4
 
 # Status codes.
 OK = 0
@@ -86,7 +86,17 @@ class LinearRecipe(ctypes.Structure):
         ("dge_clamp", c_float),
         ("wgrad_hadamard", c_int32),
         ("wgrad_hadamard_seed", c_uint64),
+        ("backward_weight_mode", c_int32),
+        ("backward_weight", Quantizer),
+        ("backward_input_mode", c_int32),
+        ("backward_input", Quantizer),
     ]
+
+
+# Backward operand modes (fp4swift_linear_recipe.backward_*_mode).
+BACKWARD_FORWARD = 0
+BACKWARD_FLOAT32 = 1
+BACKWARD_QUANTIZE = 2
 
 
 class LinearSaved(ctypes.Structure):

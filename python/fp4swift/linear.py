@@ -5,13 +5,14 @@ import ctypes
 import dataclasses
 import itertools
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
 from . import _native
 from ._arrays import as_float32, as_matrix_shape, check_choice, fptr
 from .quantization import FORMATS, QuantizerSpec
+from .roles import ROLES
 
 OCC_GROUPS = ["tensor", "row"]
 
@@ -173,6 +174,13 @@ class Recipe:
     wgrad_hadamard: 0, or the block b of a random Hadamard transform of the weight-gradient GEMM's
     operands along T (NVFP4): dW = Q_gradient(dYᵀ·H_b)·Q_input(X_qᵀ·H_b)ᵀ, H_b = diag(d)·H_b,
     T zero-padded to a multiple of b.
+    backward_weight / backward_input: W in the input-gradient GEMM (dX = dY·W_b) and X in the
+    weight-gradient GEMM (dW = dYᵀ·X_b): "forward" (the forward's W_q / X_q, the default), None
+    (float32) or their own QuantizerSpec (e.g. FP8 backward GEMMs under an FP4 forward, spec §7).
+    The forward saves the codes of X_b.
+    roles: the module policy of `fp4swift.torch.convert`, as (role, recipe name or None) pairs:
+    roles not listed (of "attention", "mlp", "lm_head", "other"; see `module_role`) get this
+    recipe, None keeps the module in float32. Default: the LM head stays float32.
     """
 
     name: str
@@ -190,14 +198,15 @@ class Recipe:
     kind: str = "linear"
     seed: int = 0
     wgrad_hadamard: int = 0
+    backward_weight: Union[str, QuantizerSpec, None] = "forward"
+    backward_input: Union[str, QuantizerSpec, None] = "forward"
+    roles: Tuple[Tuple[str, Optional[str]], ...] = (("lm_head", None),)
 
     @staticmethod
     def get(name: str) -> "Recipe":
         """A built-in recipe by name (see `recipes()`)."""
         if isinstance(name, Recipe):
             return name
-        if name in _PLANNED and name not in _RECIPES:
-            raise NotImplementedError(f"recipe {name!r} is specified ({_PLANNED[name]}) but not implemented yet")
         check_choice(name, list(_RECIPES), "recipe")
         return _RECIPES[name]
 
@@ -224,6 +233,27 @@ class Recipe:
         return r
 
     @property
+    def saved_input(self) -> Optional[QuantizerSpec]:
+        """The quantizer of the X the forward saves for the weight-gradient GEMM (None: float32 X)."""
+        return self.input if self.backward_input == "forward" else self.backward_input  # type: ignore[return-value]
+
+    def gemm_operands(self) -> Dict[str, Tuple[Optional[QuantizerSpec], Optional[QuantizerSpec]]]:
+        """The quantizers of each GEMM's two operands (None: float32):
+        forward (X, W), input_grad (dY, W_b), weight_grad (dY, X_b)."""
+        w_b = self.weight if self.backward_weight == "forward" else self.backward_weight
+        return {"forward": (self.input, self.weight),
+                "input_grad": (self.gradient, w_b),  # type: ignore[dict-item]
+                "weight_grad": (self.gradient, self.saved_input)}
+
+    def for_role(self, role: str) -> Optional["Recipe"]:
+        """The recipe `fp4swift.torch.convert` gives a module of this role (None: leave it float32)."""
+        check_choice(role, list(ROLES), "module role")
+        for r, name in self.roles:
+            if r == role:
+                return None if name is None else Recipe.get(name)
+        return self
+
+    @property
     def grad_fp8(self) -> bool:
         return self.gradient is not None and self.gradient.fmt == "e5m2"
 
@@ -243,6 +273,16 @@ class Recipe:
             raise ValueError("OCC needs a quantized input (recipe.input is None)")
         if self.dge and self.weight is None:
             raise ValueError("DGE needs a quantized weight (recipe.weight is None)")
+        for name in ("backward_weight", "backward_input"):
+            v = getattr(self, name)
+            if not (v == "forward" or v is None or isinstance(v, QuantizerSpec)):
+                raise TypeError(f"{name} must be 'forward', None (float32) or a QuantizerSpec, got {v!r}")
+        if self.occ and self.backward_input != "forward":
+            raise ValueError("OCC needs backward_input='forward' (its residual belongs to the forward's X_q)")
+        for role, name in self.roles:
+            check_choice(role, list(ROLES), "module role")
+            if name is not None and name != self.name:
+                Recipe.get(name)
         c = self.to_c()
         sizes = (ctypes.c_int64(), ctypes.c_int64(), ctypes.c_int64())
         _native.check(_native.lib.fp4swift_linear_saved_sizes(1, 0, ctypes.byref(c), *(ctypes.byref(v) for v in sizes)))
@@ -253,13 +293,22 @@ class Recipe:
         def q(spec: Optional[QuantizerSpec]) -> Tuple[int, _native.Quantizer]:
             return (0, _native.Quantizer()) if spec is None else (1, spec.to_c())
 
+        def backward(v: Union[str, QuantizerSpec, None]) -> Tuple[int, _native.Quantizer]:
+            if v == "forward":
+                return _native.BACKWARD_FORWARD, _native.Quantizer()
+            if v is None:
+                return _native.BACKWARD_FLOAT32, _native.Quantizer()
+            return _native.BACKWARD_QUANTIZE, v.to_c()  # type: ignore[union-attr]
+
         (qi, ci), (qw, cw), (qg, cg) = q(self.input), q(self.weight), q(self.gradient)
         return _native.LinearRecipe(qi, ci, qw, cw, qg, cg, int(self.occ), int(self.occ_per == "row"),
                                     int(self.compensate), float(self.alpha), int(self.dge), float(self.k), float(self.clamp),
-                                    int(self.wgrad_hadamard), int(self.seed))
+                                    int(self.wgrad_hadamard), int(self.seed),
+                                    *backward(self.backward_weight), *backward(self.backward_input))
 
 
 RECIPE_KINDS = ["linear", "quartet"]
+
 
 # dY in FP8: e5m2 with a per-tensor power-of-two scale (MS-AMP), RNE; NaN/inf propagate.
 FP8_GRADIENT = QuantizerSpec.make("e5m2", "tensor", "pow2")
@@ -275,6 +324,16 @@ _MXFP4 = QuantizerSpec.make("e2m1", "block(32)", "e8m0", nonfinite="raise")
 _NVFP4_X = QuantizerSpec.make("e2m1", "block(16)", "nvfp4", nonfinite="raise")
 _NVFP4_W = QuantizerSpec.make("e2m1", "block2d(16)", "nvfp4", nonfinite="raise")
 _NVFP4_DY = QuantizerSpec.make("e2m1", "block(16)", "nvfp4", "stochastic")
+
+# FP8 GEMM operands (Zhou et al., spec §7): e4m3 with absmax scales on the groups a real FP8
+# GEMM can apply: per row of X / W in the forward (tokens, output channels); per column of W in
+# dX = dY·W and of X in dW = dYᵀ·X (their output dimension K); dY in e5m2 per tensor (pow2), the
+# same quantized dY feeding both backward GEMMs.
+_E4M3_ROW = QuantizerSpec.make("e4m3", "row", "absmax", nonfinite="raise")
+_E4M3_COLUMN = QuantizerSpec.make("e4m3", "column", "absmax", nonfinite="raise")
+# Zhou et al.'s FP4 forward: e2m1 with fine-grained absmax scales on 1x16 blocks along K.
+_E2M1_BLOCK16 = QuantizerSpec.make("e2m1", "block(16)", "absmax", nonfinite="raise")
+_FP8_BACKWARD = dict(gradient=FP8_GRADIENT, backward_weight=_E4M3_COLUMN, backward_input=_E4M3_COLUMN)
 
 _RECIPES: Dict[str, Recipe] = {
     "fp32": Recipe("fp32", description="no quantization (the baseline)"),
@@ -301,11 +360,16 @@ _RECIPES: Dict[str, Recipe] = {
                                   "on X·H and W·H; backward GEMMs on stochastic-rounded absmax_div3 e2m1 operands "
                                   "rotated by diag(d)·H with fresh signs per forward/backward pair, clip masks, "
                                   "un-rotation (K a multiple of 32; T and N zero-padded to multiples of 32)"),
-}
-
-# Named in the spec, built by later work.
-_PLANNED = {
-    "zhou2025": "module-wise mixed precision with FP8 backward",
+    "fp8": Recipe("fp8", input=_E4M3_ROW, weight=_E4M3_ROW, **_FP8_BACKWARD,  # type: ignore[arg-type]
+                  description="FP8 in all three GEMMs: e4m3 absmax X per token and W per output channel forward; "
+                              "backward e4m3 W and X per input feature, dY e5m2 per-tensor pow2; STE"),
+    "zhou2025": Recipe("zhou2025", input=_E2M1_BLOCK16, weight=_E2M1_BLOCK16, **_FP8_BACKWARD,  # type: ignore[arg-type]
+                       roles=(("attention", "fp8"), ("lm_head", None), ("other", None)),
+                       description="Zhou et al. 2025, module-wise: MLP linears forward in e2m1 with absmax 1x16 "
+                                   "block scales (K a multiple of 16), attention projections in FP8 (recipe "
+                                   "fp8), all backward GEMMs in FP8 (e4m3 W and X per input feature, "
+                                   "dY e5m2 per-tensor pow2), STE; LM head and other linears float32. As a single "
+                                   "layer's recipe it is the MLP one"),
 }
 
 
@@ -472,7 +536,7 @@ def linear_forward(x: Any, w: Any, b: Any = None, recipe: Any = "wang2025") -> T
             qs.x_mask.ctypes.data_as(_native.u8p), qs.x_mask.size))
         return y, qs
     saved = LinearSaved(r, xa.shape, T, K, N, wa, ba is not None)
-    if r.input is None:
+    if r.saved_input is None:
         saved.x = xa
     y = np.empty(xa.shape[:-1] + (N,), dtype=np.float32)
     c = r.to_c()

@@ -582,7 +582,9 @@ def _build():  # noqa: C901 - one closure holding all fuzz targets
         model = torch.nn.Sequential(torch.nn.Linear(K, N), torch.nn.ReLU(), torch.nn.Linear(N, 2))
         ok, m = call("convert", f4t.convert, model, recipe)
         if ok:
-            assert all(isinstance(mod, f4t.FP4Linear) for mod in m if isinstance(mod, torch.nn.Linear))
+            policy = f4.Recipe.get(recipe) if isinstance(recipe, str) else recipe
+            for name, role in f4t.module_roles(m):  # converted exactly where the module policy says
+                assert isinstance(m.get_submodule(name), f4t.FP4Linear) == (policy.for_role(role) is not None)
 
     return [fuzz_encode, fuzz_decode_encode_grid, fuzz_decode, fuzz_pack, fuzz_fake_quantize, fuzz_quantize,
             fuzz_fidelity, fuzz_dge_derivative, fuzz_dge_surrogate, fuzz_occ, fuzz_csr, fuzz_linear, fuzz_torch]

@@ -19,7 +19,7 @@
 extern "C" {
 #endif
 
-#define FP4SWIFT_ABI_VERSION 3
+#define FP4SWIFT_ABI_VERSION 4
 
 /* Status codes. */
 #define FP4SWIFT_OK 0
@@ -157,7 +157,17 @@ typedef struct fp4swift_linear_recipe {
     int32_t wgrad_hadamard;    /* 0, or the block (power of two) of a random Hadamard transform of the
                                   dW GEMM's operands along T: dW = Q_g(dY^T H_b) Q_x(X^T H_b)^T */
     uint64_t wgrad_hadamard_seed; /* fixes the signs d of H_b = diag(d) H */
+    /* The backward GEMMs' own operands (FP8 backward under an FP4 forward, spec §7), each a
+     * FP4SWIFT_BACKWARD_* mode: W in dX = dY W, and X in dW = dY^T X (what forward saves). */
+    int32_t backward_weight_mode;
+    fp4swift_quantizer backward_weight;
+    int32_t backward_input_mode;
+    fp4swift_quantizer backward_input;
 } fp4swift_linear_recipe;
+
+#define FP4SWIFT_BACKWARD_FORWARD 0   /* the forward's W_q / X_q */
+#define FP4SWIFT_BACKWARD_FLOAT32 1   /* W / X in float32 (X: pass x to the backward) */
+#define FP4SWIFT_BACKWARD_QUANTIZE 2  /* the mode's own quantizer */
 
 /* Caller-owned saved state: X_q codes + scales and the CSR residual. */
 typedef struct fp4swift_linear_saved {

@@ -71,10 +71,10 @@ struct Operand {
 public enum LinearLayer {
     public static func savedSizes(tokens T: Int, inFeatures K: Int, recipe: LinearRecipe) throws -> LinearSavedSizes {
         try recipe.validate()
-        guard let q = recipe.input else { return LinearSavedSizes(xCodes: 0, xScales: 0, residualCapacity: 0, residualRows: 0) }
+        guard let q = recipe.savedInput else { return LinearSavedSizes(xCodes: 0, xScales: 0, residualCapacity: 0, residualRows: 0) }
         let L = try q.granularity.layout(rows: T, cols: K)
         var cap = 0
-        if let occ = recipe.occ, occ.compensate {
+        if let occ = recipe.occ, occ.compensate, recipe.savesForwardInput {
             cap = OCC.residualCapacity(rows: T, cols: K, alpha: occ.alpha, perRow: occ.perRow)
         }
         return LinearSavedSizes(xCodes: q.codeBytes(count: T * K), xScales: L.groupCount,
@@ -126,20 +126,24 @@ public enum LinearLayer {
                 }
                 source = UnsafePointer(xc.pointer)
             }
-            guard let codes = saved.xCodes, let scalesOut = saved.xScales else {
-                throw FP4Error.invalid("a quantized input needs the code and scale buffers of the saved state")
-            }
             let buffer = Scratch(T * K)
             xq = buffer
-            let ts = try q.quantize(source, rows: T, cols: K, codes: codes, dequantized: buffer.pointer)
+            if recipe.savesForwardInput {
+                try saveInput(q, source, rows: T, cols: K, saved: &saved, dequantized: buffer.pointer)
+            } else {
+                try q.fakeQuantize(source, rows: T, cols: K, into: buffer.pointer, nonFinite: .raise)
+            }
             withExtendedLifetime(clamped) {}
-            for g in 0..<ts.groups.count { scalesOut[g] = ts.groups[g].scale }
-            saved.xTensorScale = ts.tensorScale
             if let occ = recipe.occ, occ.compensate, saved.residualNNZ > 0 {
                 // Q(X_c)·W_qᵀ + ΔX·W_qᵀ = (Q(X_c) + ΔX)·W_qᵀ: one GEMM on the sum.
                 scatterResidual(saved, rows: T, cols: K, into: buffer.pointer)
             }
             xOperand = UnsafePointer(buffer.pointer)
+        }
+
+        if !recipe.savesForwardInput, let q = recipe.savedInput {
+            // The weight-gradient GEMM's own X quantization (e.g. FP8 under an FP4 forward).
+            try saveInput(q, x, rows: T, cols: K, saved: &saved, dequantized: nil)
         }
 
         let wq = try Operand(w, rows: N, cols: K, quantizer: recipe.weight, nonFinite: .raise)
@@ -151,6 +155,17 @@ public enum LinearLayer {
         BLAS.gemm(transA: false, transB: true, m: T, n: N, k: K, a: xOperand, b: wOperand,
                   beta: bias == nil ? 0 : 1, c: y)
         withExtendedLifetime((xq, wq)) {}
+    }
+
+    /// Quantizes X into the saved codes and scales (non-finite X throws).
+    static func saveInput(_ q: Quantizer, _ x: UnsafePointer<Float>, rows T: Int, cols K: Int, saved: inout LinearSaved,
+                          dequantized: UnsafeMutablePointer<Float>?) throws {
+        guard let codes = saved.xCodes, let scalesOut = saved.xScales else {
+            throw FP4Error.invalid("a quantized input needs the code and scale buffers of the saved state")
+        }
+        let ts = try q.quantize(x, rows: T, cols: K, codes: codes, dequantized: dequantized)
+        for g in 0..<ts.groups.count { scalesOut[g] = ts.groups[g].scale }
+        saved.xTensorScale = ts.tensorScale
     }
 
     /// Backward. `x` is needed only when the recipe keeps X in float32 (it is then the
@@ -168,24 +183,30 @@ public enum LinearLayer {
         let gOperand = gq.pointer
 
         // W_q is recomputed, with the same scales the forward used (DGE needs them).
-        let wq = try Operand(w, rows: N, cols: K, quantizer: recipe.weight, nonFinite: .raise)
-        let wOperand = wq.pointer, wScales = wq.scales
+        let needsForwardW = dx != nil && recipe.reusesForwardWeight || dw != nil && recipe.dge != nil
+        let wq = needsForwardW ? try Operand(w, rows: N, cols: K, quantizer: recipe.weight, nonFinite: .raise) : nil
+        let wScales = wq?.scales
 
         if let dx {
-            BLAS.gemm(transA: false, transB: false, m: T, n: K, k: N, a: gOperand, b: wOperand, c: dx)
+            let wb: Operand
+            if recipe.reusesForwardWeight, let wq { wb = wq } else {
+                wb = try Operand(w, rows: N, cols: K, quantizer: recipe.inputGradientWeight, nonFinite: .raise)
+            }
+            BLAS.gemm(transA: false, transB: false, m: T, n: K, k: N, a: gOperand, b: wb.pointer, c: dx)
+            withExtendedLifetime(wb) {}
         }
 
         if let dw {
             var xd: Scratch?
             let xOperand: UnsafePointer<Float>
-            if let q = recipe.input {
+            if let q = recipe.savedInput {
                 guard let codes = saved.xCodes, let scales = saved.xScales else {
                     throw FP4Error(.invalidState, "the saved state holds no activation codes")
                 }
                 let buffer = Scratch(T * K)
                 xd = buffer
                 try q.dequantize(codes: codes, rows: T, cols: K, scales: scales, tensorScale: saved.xTensorScale, into: buffer.pointer)
-                if let occ = recipe.occ, occ.compensate, saved.residualNNZ > 0 {
+                if let occ = recipe.occ, occ.compensate, recipe.savesForwardInput, saved.residualNNZ > 0 {
                     // dYᵀ·X_q + dYᵀ·ΔX = dYᵀ·(X_q + ΔX).
                     scatterResidual(saved, rows: T, cols: K, into: buffer.pointer)
                 }
@@ -196,7 +217,7 @@ public enum LinearLayer {
             }
             if let h = recipe.wgradHadamard {
                 try rotatedWeightGradient(dy: dy, x: xOperand, T: T, N: N, K: K, h: h,
-                                          gradient: recipe.gradient, input: recipe.input, into: dw)
+                                          gradient: recipe.gradient, input: recipe.savedInput, into: dw)
             } else {
                 BLAS.gemm(transA: true, transB: false, m: N, n: K, k: T, a: gOperand, b: xOperand, c: dw)
             }

@@ -45,11 +45,22 @@ public struct WgradHadamard: Sendable, Equatable {
     }
 }
 
-/// A linear layer's precision recipe as data (spec §6): which operand of which GEMM is
+/// The operand a backward GEMM uses for W (input-gradient GEMM) or X (weight-gradient GEMM).
+public enum BackwardOperand: Sendable {
+    /// The forward's quantized operand: W_q recomputed, X_q from the saved codes.
+    case forward
+    /// The float32 tensor, or its own quantization (e.g. FP8 backward GEMMs under an FP4
+    /// forward, Zhou et al.): `own(nil)` is float32.
+    case own(Quantizer?)
+}
+
+/// A linear layer's precision recipe as data (spec §6, §7): which operand of which GEMM is
 /// quantized how. `nil` quantizers mean float32.
 ///
 /// - forward:  Y = Q_input(OCC(X)) · Q_weight(W)ᵀ (+ ΔX · Q_weight(W)ᵀ) + b
-/// - backward: dX = Q_gradient(dY) · Q_weight(W);  dW = (Q_gradient(dY)ᵀ · X_saved) ⊙ DGE
+/// - backward: dX = Q_gradient(dY) · W_b;  dW = (Q_gradient(dY)ᵀ · X_b) ⊙ DGE, where W_b and
+///   X_b are the forward's W_q and X_q (`.forward`, the default) or their own quantization
+///   of W and X (`backwardWeight`, `backwardInput`).
 public struct LinearRecipe: Sendable {
     public var input: Quantizer?
     public var weight: Quantizer?
@@ -58,15 +69,47 @@ public struct LinearRecipe: Sendable {
     public var dge: DGEConfig?
     /// Random Hadamard transform of the dW GEMM's operands along T (nil: none).
     public var wgradHadamard: WgradHadamard?
+    /// W in the input-gradient GEMM.
+    public var backwardWeight: BackwardOperand
+    /// X in the weight-gradient GEMM; what the forward saves (codes of this quantizer).
+    public var backwardInput: BackwardOperand
 
     public init(input: Quantizer? = nil, weight: Quantizer? = nil, gradient: Quantizer? = nil,
-                occ: OCCConfig? = nil, dge: DGEConfig? = nil, wgradHadamard: WgradHadamard? = nil) {
+                occ: OCCConfig? = nil, dge: DGEConfig? = nil, wgradHadamard: WgradHadamard? = nil,
+                backwardWeight: BackwardOperand = .forward, backwardInput: BackwardOperand = .forward) {
         self.input = input
         self.weight = weight
         self.gradient = gradient
         self.occ = occ
         self.dge = dge
         self.wgradHadamard = wgradHadamard
+        self.backwardWeight = backwardWeight
+        self.backwardInput = backwardInput
+    }
+
+    /// The quantizer of W in the input-gradient GEMM (nil: float32).
+    public var inputGradientWeight: Quantizer? {
+        if case .own(let q) = backwardWeight { return q }
+        return weight
+    }
+
+    /// The quantizer of the X the forward saves for the weight-gradient GEMM (nil: the
+    /// backward needs the float32 X).
+    public var savedInput: Quantizer? {
+        if case .own(let q) = backwardInput { return q }
+        return input
+    }
+
+    /// The input-gradient GEMM uses the forward's W_q.
+    public var reusesForwardWeight: Bool {
+        if case .forward = backwardWeight { return true }
+        return false
+    }
+
+    /// The saved X is the forward GEMM's operand (X_q, plus the OCC residual).
+    public var savesForwardInput: Bool {
+        if case .forward = backwardInput { return true }
+        return false
     }
 
     /// Checks the combination: ranges of α, k, C; OCC needs a quantized input; DGE a
@@ -75,11 +118,16 @@ public struct LinearRecipe: Sendable {
         try input?.validate()
         try weight?.validate()
         try gradient?.validate()
+        if case .own(let q) = backwardWeight { try q?.validate() }
+        if case .own(let q) = backwardInput { try q?.validate() }
         if let occ {
             guard occ.alpha > 0.5, occ.alpha <= 1 else {
                 throw FP4Error.invalid("OCC alpha must lie in (0.5, 1], got \(occ.alpha)")
             }
             guard input != nil else { throw FP4Error.invalid("OCC needs a quantized input (the recipe's input quantizer is float32)") }
+            // The residual belongs to the forward's X_q; the backward's own X quantization
+            // would see the unclamped X.
+            guard savesForwardInput else { throw FP4Error.invalid("OCC needs the weight-gradient GEMM to use the forward's X_q") }
         }
         if let h = wgradHadamard {
             guard h.block >= 2, h.block & (h.block - 1) == 0 else {

@@ -3,6 +3,7 @@
     import fp4swift.torch as f4t
     model = f4t.convert(model, recipe="wang2025")     # swaps nn.Linear per the recipe's policy
     layer = f4t.FP4Linear(512, 2048, recipe="wang2025")
+    schedule = f4t.PrecisionSchedule(model, total_steps=1000, switch_at=0.9, target="fp8")
 
 Tensors cross to the kernels without copies when they are contiguous float32 CPU tensors;
 float64 and bfloat16 tensors are computed in float32 and returned in their own dtype.
@@ -10,6 +11,7 @@ float64 and bfloat16 tensors are computed in float32 and returned in their own d
 from __future__ import annotations
 
 import fnmatch
+import math
 from typing import Any, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
@@ -21,8 +23,10 @@ except ImportError as e:  # pragma: no cover - exercised only without torch
     raise ImportError("fp4swift.torch needs PyTorch: pip install -e .[torch]") from e
 
 from ..linear import LinearSaved, Recipe, linear_backward, linear_forward
+from ..roles import LM_HEAD_NAMES, module_role
 
-__all__ = ["FP4Linear", "FP4LinearFunction", "convert", "lm_head_names", "linear_layers"]
+__all__ = ["FP4Conv1D", "FP4Linear", "FP4LinearFunction", "PrecisionSchedule", "convert", "lm_head_names",
+           "linear_layers", "module_roles"]
 
 RecipeLike = Union[str, Recipe]
 
@@ -117,13 +121,52 @@ class FP4Linear(nn.Linear):
         return f"{super().extra_repr()}, recipe={self.recipe.name}"
 
 
+def _is_conv1d(m: nn.Module) -> bool:
+    """Hugging Face's GPT-2 `Conv1D`: a linear layer with weight [in, out] (y = x·W + b)."""
+    return type(m).__name__ == "Conv1D" and hasattr(m, "nf") and getattr(m, "weight", None) is not None \
+        and m.weight.dim() == 2
+
+
+class FP4Conv1D(nn.Module):
+    """Hugging Face's `Conv1D` (GPT-2's weight [in, out] layout) computed by fp4swift under a
+    recipe: y = x·W + b = x·(Wᵀ)ᵀ + b, the same layer as FP4Linear on the transposed weight.
+    It shares the original module's parameter objects."""
+
+    def __init__(self, conv: nn.Module, recipe: RecipeLike = "wang2025") -> None:
+        super().__init__()
+        self.nf = conv.nf
+        self.weight = conv.weight
+        self.bias = conv.bias
+        self.recipe = _recipe(recipe)
+        self.train(conv.training)
+
+    def set_recipe(self, recipe: RecipeLike) -> None:
+        """Switches the precision recipe (e.g. for a target-precision schedule)."""
+        self.recipe = _recipe(recipe)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return FP4LinearFunction.apply(input, self.weight.t(), self.bias, self.recipe)
+
+    def extra_repr(self) -> str:
+        return f"nx={self.weight.shape[0]}, nf={self.nf}, recipe={self.recipe.name}"
+
+
 #: Module names treated as the language-model head (kept in float32 by default).
-lm_head_names = ("lm_head", "head", "output", "embed_out")
+lm_head_names = LM_HEAD_NAMES
 
 
-def linear_layers(model: nn.Module) -> List[Tuple[str, nn.Linear]]:
-    """(qualified name, module) of every nn.Linear in the model, FP4Linear included."""
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+def linear_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
+    """(qualified name, module) of every linear layer in the model: nn.Linear (FP4Linear
+    included), Hugging Face Conv1D and FP4Conv1D."""
+    return [(name, m) for name, m in model.named_modules()
+            if isinstance(m, (nn.Linear, FP4Conv1D)) or _is_conv1d(m)]
+
+
+def module_roles(model: nn.Module) -> List[Tuple[str, str]]:
+    """(qualified name, role) of every linear layer (roles: fp4swift.ROLES). A layer whose
+    weight is tied to an nn.Embedding counts as the LM head whatever its name."""
+    return [(name, "lm_head" if _tied_to_embedding(model, m) else module_role(name))
+            for name, m in linear_layers(model)]
 
 
 def _tied_to_embedding(model: nn.Module, linear: nn.Linear) -> bool:
@@ -133,28 +176,96 @@ def _tied_to_embedding(model: nn.Module, linear: nn.Linear) -> bool:
     return False
 
 
-def convert(model: nn.Module, recipe: RecipeLike = "wang2025", skip: Optional[Iterable[str]] = None) -> nn.Module:
-    """Swaps the model's nn.Linear modules for FP4Linear (in place) and returns the model.
+def _as_float_module(module: nn.Module) -> nn.Module:
+    """The plain torch module behind a converted layer (same parameter objects)."""
+    if isinstance(module, FP4Conv1D):
+        from transformers.pytorch_utils import Conv1D  # a converted Conv1D came from transformers
 
-    Policy: every nn.Linear except the language-model head (a module whose last name is one
-    of `lm_head_names`, or whose weight is tied to an nn.Embedding); embeddings and norms
-    are untouched. `skip` adds fnmatch patterns of qualified module names to leave alone.
-    Layers already converted get the new recipe. Parameters are shared, not copied.
+        plain = Conv1D.__new__(Conv1D)
+        nn.Module.__init__(plain)
+        plain.nf, plain.weight, plain.bias = module.nf, module.weight, module.bias
+    else:
+        plain = nn.Linear.__new__(nn.Linear)
+        nn.Module.__init__(plain)
+        plain.in_features, plain.out_features = module.in_features, module.out_features
+        plain.weight, plain.bias = module.weight, module.bias
+    plain.train(module.training)
+    return plain
+
+
+def convert(model: nn.Module, recipe: RecipeLike = "wang2025", skip: Optional[Iterable[str]] = None) -> nn.Module:
+    """Swaps the model's linear layers for fp4swift ones (in place) per the recipe's module
+    policy, and returns the model.
+
+    Each nn.Linear (or Hugging Face GPT-2 Conv1D) gets the recipe `recipe.for_role(role)` of
+    its role (`module_roles`: attention, mlp, lm_head, other; a layer tied to an nn.Embedding
+    is the LM head). Most recipes cover every role but the LM head; zhou2025 gives attention
+    projections the fp8 recipe, MLP linears its FP4 one and leaves the rest float32.
+    Embeddings and norms are untouched. `skip` adds fnmatch patterns of qualified module names
+    to leave alone. Layers already converted get their new recipe, or turn back into plain
+    torch modules where the policy says float32. Parameters are shared, not copied.
     """
     r = _recipe(recipe)
     patterns = list(skip or [])
-    for name, module in linear_layers(model):
-        short = name.rsplit(".", 1)[-1]
-        if short in lm_head_names or _tied_to_embedding(model, module):
-            continue
+    for name, role in module_roles(model):
+        if name == "":
+            raise ValueError("convert() needs a model that contains linear layers, not a linear layer itself; "
+                             "use FP4Linear.from_linear(layer, recipe)")
         if any(fnmatch.fnmatchcase(name, p) for p in patterns):
             continue
-        if isinstance(module, FP4Linear):
-            module.set_recipe(r)
+        module = model.get_submodule(name)
+        target = r.for_role(role)
+        converted = isinstance(module, (FP4Linear, FP4Conv1D))
+        if target is None and not converted:
             continue
+        if converted and target is not None:
+            module.set_recipe(target)
+            continue
+        if target is None:
+            new: nn.Module = _as_float_module(module)
+        elif isinstance(module, nn.Linear):
+            new = FP4Linear.from_linear(module, target)
+        else:
+            new = FP4Conv1D(module, target)
         parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
-        if name == "":
-            raise ValueError("convert() needs a model that contains nn.Linear modules, not an nn.Linear itself; "
-                             "use FP4Linear.from_linear(layer, recipe)")
-        setattr(parent, short, FP4Linear.from_linear(module, r))
+        setattr(parent, name.rsplit(".", 1)[-1], new)
     return model
+
+
+class PrecisionSchedule:
+    """Target-precision training schedule (Zhou et al., spec §7): the converted layers train
+    under their recipes until step `switch_step`, then every one switches to `target` (default
+    "fp8"; "fp32", or any recipe) for the rest of training.
+
+    switch_step = round(switch_at · total_steps); the default switch_at = 0.9 runs the last
+    10% of the steps in the target precision. Call `step(i)` before optimizer step i
+    (0-based); it returns True on the call that switched. It is a pure function of the step,
+    so a resumed run switches the same way.
+    """
+
+    def __init__(self, model: nn.Module, total_steps: int, switch_at: float = 0.9,
+                 target: RecipeLike = "fp8") -> None:
+        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps <= 0:
+            raise ValueError(f"total_steps must be a positive int, got {total_steps!r}")
+        if isinstance(switch_at, bool) or not isinstance(switch_at, (int, float)) or not 0 <= switch_at <= 1 \
+                or not math.isfinite(switch_at):
+            raise ValueError(f"switch_at must be a fraction of training in [0, 1], got {switch_at!r}")
+        self.model = model
+        self.target = _recipe(target)
+        self.total_steps = total_steps
+        self.switch_at = float(switch_at)
+        self.switch_step = int(round(switch_at * total_steps))
+        self.layers = [m for _, m in linear_layers(model) if isinstance(m, (FP4Linear, FP4Conv1D))]
+        if not self.layers:
+            raise ValueError("the model has no converted layers to switch: call fp4swift.torch.convert first")
+        self.switched = False
+
+    def step(self, step: int) -> bool:
+        """Switches every converted layer to the target precision when `step` reaches
+        switch_step (once); True on that call."""
+        if self.switched or step < self.switch_step:
+            return False
+        for m in self.layers:
+            m.set_recipe(self.target)
+        self.switched = True
+        return True
