@@ -350,8 +350,8 @@ _RECIPES: Dict[str, Recipe] = {
                                 "16x16 tiles, RNE forward, dY stochastic-rounded e2m1 1x16 blocks, STE "
                                 "(K, N multiples of 16); the dW GEMM runs on dYᵀ and X_qᵀ rotated by a 16-point "
                                 "random Hadamard transform along T (fixed signs from seed) and re-quantized in "
-                                "1x16 blocks along T. The stochastic draws use the fixed seed 0 (the same draws "
-                                "every call)"),
+                                "1x16 blocks along T. The stochastic draws are fresh for every forward/backward "
+                                "pair (seed mixed with a call counter; LinearSaved.gradient_seed)"),
     "quartet": Recipe("quartet", kind="quartet",
                       input=QuantizerSpec.make("e2m1", "block(32)", "quest", nonfinite="raise"),
                       weight=QuantizerSpec.make("e2m1", "block(32)", "quest", nonfinite="raise"),
@@ -388,6 +388,18 @@ def register_recipe(recipe: Recipe) -> None:
 # The linear layer
 
 
+# Call counter of the backward's randomness (quartet's signs and draws, stochastic rounding of dY):
+# each forward takes the next value, so a retained backward repeats its draws and every new
+# forward/backward pair gets fresh ones.
+_CALLS = itertools.count()
+
+
+def _call_seed(seed: int, call: int) -> int:
+    """A per-call seed: seed + (call + 1)·golden-ratio constant mod 2^64 (the counter-based
+    generator mixes it further)."""
+    return (int(seed) + (call + 1) * 0x9E3779B97F4A7C15) % 2**64
+
+
 class LinearSaved:
     """What `linear_forward` keeps for `linear_backward`: X_q as packed codes + scales and the
     sparse OCC residual (never a float32 copy of X, unless the recipe keeps X in float32,
@@ -402,6 +414,12 @@ class LinearSaved:
         self.w = w
         self.has_bias = has_bias
         self.x: Optional[np.ndarray] = None
+        g = recipe.gradient
+        #: Seed of the backward's stochastic rounding of dY: the recipe's, mixed with this
+        #: forward's call number, so every forward/backward pair draws afresh and a retained
+        #: backward repeats its draws.
+        self.gradient_seed = _call_seed(g.seed, next(_CALLS)) if g is not None and g.rounding == "stochastic" \
+            else (g.seed if g is not None else 0)
         c = recipe.to_c()
         lens = [ctypes.c_int64() for _ in range(3)]
         _native.check(_native.lib.fp4swift_linear_saved_sizes(tokens, in_features, ctypes.byref(c),
@@ -452,9 +470,6 @@ class LinearSaved:
         self.struct = None  # type: ignore[assignment]
 
 
-# Call counter of the quartet backward's randomness: each forward takes the next value, so a
-# retained backward repeats its draws and every new forward/backward pair gets fresh ones.
-_QUARTET_CALLS = itertools.count()
 
 
 class QuartetSaved(LinearSaved):
@@ -528,7 +543,7 @@ def linear_forward(x: Any, w: Any, b: Any = None, recipe: Any = "wang2025") -> T
             raise ValueError(f"b must have shape ({N},), got {ba.shape}")
     if r.kind == "quartet":
         r.validate()
-        qs = QuartetSaved(r, xa.shape, T, K, N, wa, ba is not None, next(_QUARTET_CALLS))
+        qs = QuartetSaved(r, xa.shape, T, K, N, wa, ba is not None, next(_CALLS))
         y = np.empty(xa.shape[:-1] + (N,), dtype=np.float32)
         _native.check(_native.lib.fp4swift_quartet_forward(
             fptr(xa), T, K, fptr(wa), N, fptr(ba) if ba is not None else None, fptr(y),
@@ -575,6 +590,7 @@ def linear_backward(dy: Any, saved: LinearSaved, retain: bool = False, compute_d
             saved.release()
         return dx, dw, db
     c = saved.recipe.to_c()
+    c.gradient.seed = saved.gradient_seed
     _native.check(_native.lib.fp4swift_linear_backward(
         fptr(g), T, N, fptr(saved.x) if saved.x is not None else None, fptr(saved.w), K, ctypes.byref(c),
         ctypes.byref(saved.struct), fptr(dx) if dx is not None else None, fptr(dw) if dw is not None else None,

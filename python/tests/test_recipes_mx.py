@@ -4,7 +4,7 @@ The recipes are spelled out here independently of fp4swift.Recipe: quantized ope
 from reference.ref_quantize (the float32 quantizer written from spec §2), the GEMMs are
 float64. mxfp4: e2m1, e8m0 scales, 1x32 blocks on X and W, RNE, STE, float32 gradients.
 nvfp4: e2m1, two-level nvfp4 scales, 1x16 blocks on X, 16x16 tiles on W, RNE forward,
-dY stochastically rounded (e2m1, nvfp4 scales, 1x16 blocks, seed 0) for dX = Q(dY)·W_q, STE;
+dY stochastically rounded (e2m1, nvfp4 scales, 1x16 blocks, the per-call seed of LinearSaved.gradient_seed) for dX = Q(dY)·W_q, STE;
 the dW GEMM on operands rotated along T by a 16-point random Hadamard transform
 H_b = diag(d)·H (d_i = −1 where u(seed 0, i) < ½; rotations by f4.hadamard, tested against
 scipy in test_hadamard.py), T zero-padded to a multiple of 16, then re-quantized in 1x16
@@ -59,9 +59,10 @@ class RefMX:
             y = y + np.asarray(self.b, dtype=np.float64)
         return y.reshape(self.x_shape[:-1] + (self.N,))
 
-    def backward(self, dy):
+    def backward(self, dy, dy_seed=0):
         D = np.asarray(dy, dtype=F32).reshape(-1, self.N)
-        G = D if self.spec["dy"] is None else ref_quantize(D, fmt="e2m1", **self.spec["dy"]).xhat
+        dy_spec = None if self.spec["dy"] is None else dict(self.spec["dy"], seed=dy_seed)
+        G = D if dy_spec is None else ref_quantize(D, fmt="e2m1", **dy_spec).xhat
         G = G.astype(np.float64)
         dx = (G @ self.w_op).reshape(self.x_shape)
         if self.spec.get("rht"):
@@ -74,7 +75,7 @@ class RefMX:
                 p[:, : a.shape[1]] = a
                 return ref_quantize(f4.hadamard(p, block=b, signs=d), fmt="e2m1", **q).xhat.astype(np.float64)
 
-            dw = rotated(D.T, self.spec["dy"]) @ rotated(self.xq.xhat.T, self.spec["x"]).T
+            dw = rotated(D.T, dy_spec) @ rotated(self.xq.xhat.T, self.spec["x"]).T
         else:
             dw = G.T @ self.x_op
         db = D.astype(np.float64).sum(axis=0) if self.b is not None else None
@@ -103,7 +104,7 @@ def check(name, x, w, b, dy, what=""):
     codes = unpack_nibbles(saved.x_codes, T * K)
     np.testing.assert_array_equal(decode_fp4(codes, "e2m1"), decode_fp4(ref.xq.codes, "e2m1"))
     dx, dw, db = f4.linear_backward(dy, saved)
-    dx_r, dw_r, db_r = ref.backward(dy)
+    dx_r, dw_r, db_r = ref.backward(dy, saved.gradient_seed)
     for got, want, lbl in ((dx, dx_r, "dx"), (dw, dw_r, "dw")):
         e = rel_err(got, want)
         assert e <= TOL, f"{what} {name}: {lbl} rel err {e:.3g}"
@@ -229,8 +230,25 @@ def test_nvfp4_wgrad_hadamard_is_a_recipe_switch():
     _, dw, _ = f4.linear_backward(dy, saved)
     ref = RefMX(x, w, b, "nvfp4")
     ref.spec = dict(ref.spec, rht=0)
-    assert rel_err(dw, ref.backward(dy)[1]) <= TOL
+    assert rel_err(dw, ref.backward(dy, saved.gradient_seed)[1]) <= TOL
     _, saved = f4.linear_forward(x, w, b, "nvfp4")
     assert not np.array_equal(f4.linear_backward(dy, saved)[1], dw)
     with pytest.raises(ValueError, match="power of two"):
         f4.Recipe.get("nvfp4").replace(wgrad_hadamard=12)
+
+
+def test_nvfp4_draws_are_fresh_per_call_and_repeat_for_a_retained_backward():
+    """Each forward gets its own gradient seed (a call counter mixed into the recipe's seed), so
+    consecutive training steps draw afresh; a retained state's second backward repeats its draws."""
+    rng = np.random.default_rng(4)
+    x, w, _, dy = make(rng, (32, 32), 16, bias=False)
+    _, s1 = f4.linear_forward(x, w, None, "nvfp4")
+    _, s2 = f4.linear_forward(x, w, None, "nvfp4")
+    assert s1.gradient_seed != s2.gradient_seed
+    a = f4.linear_backward(dy, s1, retain=True)
+    again = f4.linear_backward(dy, s1)
+    b = f4.linear_backward(dy, s2)
+    assert np.array_equal(a[0], again[0]) and np.array_equal(a[1], again[1])
+    assert not np.array_equal(a[0], b[0])
+    # Deterministic recipes keep their seed.
+    assert f4.linear_forward(x, w, None, "mxfp4")[1].gradient_seed == 0
