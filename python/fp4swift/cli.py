@@ -1,11 +1,13 @@
 """The `fp4swift` command.
 
     fp4swift formats [--input X.npy] [--rows R --cols C]   fidelity and throughput of every quantizer
-    fp4swift train [--recipes fp32,fp4-direct,wang2025] [--steps N] [--out DIR] [--resume]
-                                                         train a small LLaMA-style model under each recipe
+    fp4swift train [--arch llama|gpt2] [--recipes fp32,fp4-direct,wang2025] [--steps N | --tokens N]
+                   [--out DIR] [--resume]              train a small LLaMA- or GPT-2-style model under each recipe
     fp4swift fidelity [--steps N | --checkpoint PATH]    Wang et al. Table 1 on the model's activations
+    fp4swift scaling-law RUNS_DIR... [--out DIR]         fit L(N, D) to finished runs; effN, effD per recipe
 
-`train` and `fidelity` need PyTorch (pip install -e .[torch]); `formats` does not.
+`train` and `fidelity` need PyTorch (pip install -e .[torch]); `scaling-law` needs scipy;
+`formats` needs neither.
 """
 from __future__ import annotations
 
@@ -95,16 +97,23 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, default=0)
     f.set_defaults(func=cmd_formats)
 
-    t = sub.add_parser("train", help="train a small LLaMA-style model under several precision recipes side by side",
-                       description="Trains one byte-level LLaMA-style model per recipe from the same initialization "
-                                   "and data order, then prints and saves a summary table and a loss-curve plot. "
-                                   "Output: DIR/config.json, DIR/<recipe>/metrics.csv and checkpoint.pt, "
-                                   "DIR/loss_curves.png, DIR/summary.md and summary.csv. Ctrl-C writes a checkpoint; "
-                                   "--resume continues exactly where the run stopped.")
+    t = sub.add_parser("train", help="train a small LLaMA- or GPT-2-style model under several precision recipes "
+                                     "side by side",
+                       description="Trains one byte-level LLaMA-style (--arch gpt2: GPT-2-style) model per recipe "
+                                   "from the same initialization and data order, then prints and saves a summary "
+                                   "table and a loss-curve plot. Output: DIR/config.json, DIR/run.json (parameter "
+                                   "counts and tokens trained, for `fp4swift scaling-law`), DIR/<recipe>/metrics.csv "
+                                   "and checkpoint.pt, DIR/loss_curves.png, DIR/summary.md and summary.csv. Ctrl-C "
+                                   "writes a checkpoint; --resume continues exactly where the run stopped.")
     t.add_argument("--recipes", help="comma-separated recipes (default fp32,fp4-direct,wang2025); fp32 = the "
                                      "unconverted model; ablations override recipe fields: wang2025:dge=off, "
                                      "wang2025:alpha=0.97, wang2025:occ=off, wang2025:granularity=tensor")
     _model_args(t)
+    t.add_argument("--switch-at", type=float,
+                   help="target-precision schedule (Zhou et al.): at this fraction of the steps (e.g. 0.9) switch "
+                        "every quantized layer of every FP4 recipe to --switch-to; a recipe spec can set its own: "
+                        "zhou2025:switch_at=0.9, or opt out with :switch_at=off (default: no switch)")
+    t.add_argument("--switch-to", help="the schedule's target recipe, fp8 (default) or fp32 (or any recipe)")
     t.add_argument("--eval-every", type=int, help="validation every N steps (default 20)")
     t.add_argument("--eval-batches", type=int, help="fixed validation batches per evaluation (default 4)")
     t.add_argument("--checkpoint-every", type=int, help="checkpoint every N steps (default 50)")
@@ -129,21 +138,71 @@ def build_parser() -> argparse.ArgumentParser:
     fi.add_argument("--per-layer", action="store_true", help="also print the SNR of every layer")
     fi.add_argument("--no-progress", action="store_true", help="no progress bar")
     fi.set_defaults(func=_cmd_fidelity)
+
+    s = sub.add_parser("scaling-law", help="fit L(N, D) = (A/(N·effN)^α + B/(D·effD)^β)^γ + E to finished runs",
+                       description="Reads finished `fp4swift train` runs (each RUNS_DIR is a run directory holding "
+                                   "config.json, or a directory searched for them), takes one point per recipe and "
+                                   "run (N = non-embedding parameters, D = tokens trained, L = final validation "
+                                   "loss), fits A, α, B, β, γ, E to the base recipe's points (Huber loss on log L, "
+                                   "many starts, as Hoffmann et al. and Quartet), then effN and effD of every other "
+                                   "recipe with those frozen. Prints a table and writes DIR/scaling_fit.json, "
+                                   "scaling_fit.csv and scaling_law.png. Needs scipy.")
+    s.add_argument("runs", nargs="+", metavar="RUNS_DIR", help="run directories or directories containing them")
+    s.add_argument("--out", help="where to write the fit (default: the first RUNS_DIR)")
+    s.add_argument("--recipes", help="comma-separated recipes to fit besides the base (default: every recipe found)")
+    s.add_argument("--base", default="fp32", help="the reference recipe whose points fix A, α, B, β, γ, E "
+                                                  "(effN = effD = 1; default fp32)")
+    s.add_argument("--huber-delta", type=float, default=1e-3, help="δ of the Huber loss on log L (default 1e-3)")
+    s.set_defaults(func=_cmd_scaling_law)
+
+    c = sub.add_parser("cost", help="theoretical GEMM cost of training under each recipe, relative to 16-bit",
+                       description="Counts the GEMM multiply-accumulates per training token of a decoder-only "
+                                   "transformer by module role (attention, mlp, lm_head, other, attention core) and "
+                                   "GEMM (forward, input-grad, weight-grad), then the cost of each recipe relative to "
+                                   "16-bit training: FP8 = 1/2, FP4 = 1/4 per MAC, the attention core always 16-bit "
+                                   "(spec §7). Prints the FLOP shares, a table per recipe and the assumptions.")
+    c.add_argument("--model", default="own", help="own (this project's training model; default), a preset "
+                                                  "(llama-7b, llama-13b, llama-70b, gpt2) or a Hugging Face "
+                                                  "config.json path (LLaMA family or GPT-2)")
+    c.add_argument("--seq-len", type=int, help="context length (default: own 128, presets and config.json their "
+                                               "max_position_embeddings / n_positions)")
+    c.add_argument("--recipes", help="comma-separated recipes (default: every recipe)")
+    c.add_argument("--include-attention-core", dest="include_attention_core", action="store_true", default=True,
+                   help="shares and saving include the 16-bit attention core (default)")
+    c.add_argument("--exclude-attention-core", dest="include_attention_core", action="store_false",
+                   help="shares and saving over the linear layers only")
+    c.add_argument("--causal", action="store_true", help="count only the unmasked half of the attention scores "
+                                                         "(default: the full seq x seq square)")
+    c.add_argument("--json", action="store_true", help="print the report as JSON")
+    cg = c.add_argument_group("own model (--model own)")
+    cg.add_argument("--arch", choices=("llama", "gpt2"), help="llama (default) or gpt2")
+    cg.add_argument("--d-model", type=int, help="model width (default 128)")
+    cg.add_argument("--layers", type=int, help="decoder blocks (default 4)")
+    cg.add_argument("--heads", type=int, help="attention heads (default 4)")
+    cg.add_argument("--mlp-hidden", type=int, help="MLP hidden size (default: llama 8/3·d_model rounded up to 32, "
+                                                   "gpt2 4·d_model)")
+    c.set_defaults(func=_cmd_cost)
     return p
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     """Model, data and optimization flags shared by `train` and `fidelity` (None = default / stored value)."""
     g = p.add_argument_group("model and data")
+    g.add_argument("--arch", choices=("llama", "gpt2"),
+                   help="llama (default): RMSNorm, RoPE, SwiGLU; gpt2: LayerNorm, learned positions, GELU MLP, "
+                        "Hugging Face GPT-2 module names (c_attn, c_proj, c_fc)")
     g.add_argument("--d-model", type=int, help="model width (default 128)")
     g.add_argument("--layers", type=int, help="decoder blocks (default 4)")
     g.add_argument("--heads", type=int, help="attention heads (default 4)")
-    g.add_argument("--mlp-hidden", type=int, help="SwiGLU hidden size (default 8/3·d_model rounded up to 32)")
+    g.add_argument("--mlp-hidden", type=int, help="MLP hidden size (default: llama 8/3·d_model rounded up to 32, "
+                                                  "gpt2 4·d_model)")
     g.add_argument("--tie-embeddings", action="store_true", default=None,
                    help="share the LM head's weight with the token embedding (default: untied)")
     g.add_argument("--seq-len", type=int, help="tokens (bytes) per sequence (default 128)")
     g.add_argument("--batch-size", type=int, help="sequences per step (default 16)")
     g.add_argument("--steps", type=int, help="optimizer steps per recipe (train: 200; fidelity: 100)")
+    g.add_argument("--tokens", type=int, help="training tokens per recipe instead of --steps: "
+                                              "steps = ceil(N / (batch-size·seq-len)); not with --steps")
     g.add_argument("--lr", type=float, help="peak AdamW learning rate (default 2e-3: the best of 6e-4..3e-3 for "
                                             "fp32 at the default size; linear warmup, cosine decay)")
     g.add_argument("--warmup", type=int, help="warmup steps (default steps/20)")
@@ -178,6 +237,18 @@ def _cmd_fidelity(args: argparse.Namespace) -> int:
     from .train.fidelity import fidelity_command
 
     return fidelity_command(args)
+
+
+def _cmd_scaling_law(args: argparse.Namespace) -> int:
+    from .train.scaling import scaling_law_command
+
+    return scaling_law_command(args)
+
+
+def _cmd_cost(args: argparse.Namespace) -> int:
+    from .cost import cost_command
+
+    return cost_command(args)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

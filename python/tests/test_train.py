@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import math
+import json
 import os
 import signal
 import subprocess
@@ -275,17 +276,25 @@ def _bad_cases(tmp_path, corpus):
         "heads do not divide": (["--data", corpus, "--heads", "3"], "--heads"),
         "nothing to resume": (["--resume"], "nothing to resume"),
         "bad recipe override": (["--recipes", "wang2025:nosuchfield=1", "--data", corpus], "nosuchfield"),
+        "steps and tokens": (["--data", corpus, "--tokens", "1000"], "either --steps or --tokens"),
+        "tokens not positive": (["--data", corpus, "--tokens", "0"], "--tokens must be positive"),
+        "switch_at out of range": (["--data", corpus, "--switch-at", "1.5"], "--switch-at"),
+        "bad switch_at in a spec": (["--data", corpus, "--recipes", "zhou2025:switch_at=soon"], "switch_at"),
+        "unknown switch target": (["--data", corpus, "--switch-at", "0.5", "--switch-to", "fp6"], "fp6"),
     }
 
 
 @pytest.mark.parametrize("case", ["unknown recipe", "missing data", "empty corpus", "seq too long",
-                                  "heads do not divide", "nothing to resume", "bad recipe override"])
+                                  "heads do not divide", "nothing to resume", "bad recipe override",
+                                  "steps and tokens", "tokens not positive", "switch_at out of range",
+                                  "bad switch_at in a spec", "unknown switch target"])
 def test_bad_input_fails_cleanly(tmp_path, corpus, capsys, monkeypatch, case):
     work = tmp_path / "cwd"
     work.mkdir()
     monkeypatch.chdir(work)
     argv, needle = _bad_cases(tmp_path, corpus)[case]
-    args = TINY + ["--steps", "3"] + argv if case != "nothing to resume" else argv
+    steps = [] if case == "tokens not positive" else ["--steps", "3"]
+    args = TINY + steps + argv if case != "nothing to resume" else argv
     rc, cap = _train(args, capsys)
     assert rc == 2
     lines = [ln for ln in cap.err.splitlines() if ln.strip()]
@@ -380,3 +389,225 @@ def test_table_rows_property():
 def test_formats_subcommand_still_works(capsys):
     rc = cli.main(["formats", "--rows", "64", "--cols", "64"])
     assert rc == 0 and "e2m1" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------
+# GPT-2-style model (--arch gpt2)
+
+
+GPT2_LINEARS = {"c_attn", "c_proj", "c_fc", "lm_head"}
+
+
+def test_gpt2_model_shapes_names_and_parameter_count():
+    from fp4swift.train.model import GPT2LM, parameter_counts
+
+    cfg = ModelConfig(arch="gpt2", d_model=32, layers=2, heads=2, seq_len=16)
+    m = build_model(cfg, seed=3)
+    assert isinstance(m, GPT2LM) and cfg.hidden == 4 * 32 and cfg.label == "GPT-2-style"
+    assert m(torch.randint(0, 256, (3, 16))).shape == (3, 16, 256)
+    assert m(torch.randint(0, 256, (2, 5))).shape == (2, 5, 256)  # shorter than seq_len: positions 0..4
+    lin = {n: mod for n, mod in m.named_modules() if isinstance(mod, torch.nn.Linear)}
+    assert {n.rsplit(".", 1)[-1] for n in lin} == GPT2_LINEARS
+    assert all(type(mod) is torch.nn.Linear for mod in lin.values())  # not HF's Conv1D
+    blk = m.transformer["h"][0]
+    assert (blk.attn.c_attn.in_features, blk.attn.c_attn.out_features) == (32, 96)  # fused q, k, v
+    assert (blk.mlp.c_fc.out_features, blk.mlp.c_proj.in_features) == (128, 128)
+    assert isinstance(blk.ln_1, torch.nn.LayerNorm) and blk.ln_1.bias is not None
+    assert blk.attn.c_attn.bias is not None and m.lm_head.bias is None
+    assert "transformer.h.1.mlp.c_proj.weight" in m.state_dict()  # Hugging Face GPT-2 names
+    d, h, t = 32, 128, 16
+    block = 2 * 2 * d + (3 * d * d + 3 * d) + (d * d + d) + (d * h + h) + (h * d + d)
+    embeddings = 256 * d + t * d
+    expected = embeddings + 2 * block + 2 * d + 256 * d
+    assert count_parameters(m) == expected
+    assert count_parameters(m, exclude_embeddings=True) == expected - embeddings
+    assert parameter_counts(cfg) == {"total": expected, "non_embedding": expected - embeddings}
+    tied = build_model(ModelConfig(arch="gpt2", d_model=32, layers=2, heads=2, seq_len=16, tie_embeddings=True), 3)
+    assert tied.lm_head.weight is tied.transformer["wte"].weight
+    assert count_parameters(tied) == expected - 256 * d
+    # an odd head size is fine without rotary embeddings; --mlp-hidden overrides 4·d_model
+    odd = build_model(ModelConfig(arch="gpt2", d_model=30, layers=1, heads=2, seq_len=8, mlp_hidden=40), 0)
+    assert odd.transformer["h"][0].mlp.c_fc.out_features == 40
+    with pytest.raises(ValueError, match="--arch"):
+        build_model(ModelConfig(arch="gpt3", d_model=32, layers=1, heads=2, seq_len=8), 0)
+
+
+def test_gpt2_is_causal_and_position_aware():
+    m = build_model(ModelConfig(arch="gpt2", d_model=32, layers=2, heads=2, seq_len=16), seed=0).eval()
+    x = torch.randint(0, 256, (1, 16))
+    y = x.clone()
+    y[0, 10:] = (y[0, 10:] + 7) % 256
+    with torch.no_grad():
+        a, b = m(x), m(y)
+        same = m(torch.full((1, 16), 65))
+    assert torch.equal(a[0, :10], b[0, :10])
+    assert not torch.allclose(a[0, 10:], b[0, 10:])
+    assert not torch.allclose(same[0, 0], same[0, 5])  # learned positions: same byte, different logits
+
+
+def test_gpt2_loss_decreases():
+    m = build_model(ModelConfig(arch="gpt2", d_model=32, layers=1, heads=2, seq_len=16), seed=0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (4, 16), generator=g)
+    y = torch.roll(x, -1, dims=1)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(15):
+        loss = m.loss(x, y)
+        losses.append(loss.item())
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert abs(losses[0] - math.log(256)) < 0.1  # the initialization predicts ~uniform bytes
+    assert losses[-1] < losses[0] - 1.0 and all(b < a for a, b in zip(losses[:5], losses[1:6])), losses
+
+
+def test_convert_policy_on_the_gpt2_model():
+    f4t = pytest.importorskip("fp4swift.torch")
+    m = build_model(ModelConfig(arch="gpt2", d_model=32, layers=2, heads=2, seq_len=32), seed=0)
+    x = torch.randint(0, 256, (2, 32))
+    with torch.no_grad():
+        ref = m(x)
+    f4t.convert(m, recipe="wang2025")
+    conv = {n for n, mod in m.named_modules() if isinstance(mod, f4t.FP4Linear)}
+    assert conv == {f"transformer.h.{i}.{n}" for i in range(2)
+                    for n in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")}
+    assert type(m.lm_head) is torch.nn.Linear
+    with torch.no_grad():
+        got = m(x)
+    assert got.shape == ref.shape and torch.isfinite(got).all()
+    assert not torch.equal(got, ref)  # quantized ...
+    assert torch.nn.functional.cosine_similarity(got.flatten(), ref.flatten(), dim=0) > 0.9  # ... but close
+
+
+def test_gpt2_training_end_to_end(tmp_path, corpus, capsys):
+    recipes = "fp32,wang2025" if _has_fp4_torch() else "fp32"
+    out = tmp_path / "run"
+    rc, cap = _train(TINY + ["--arch", "gpt2", "--recipes", recipes, "--steps", "30", "--lr", "1e-2",
+                             "--eval-every", "10", "--data", corpus, "--out", str(out)], capsys)
+    assert rc == 0, cap.err
+    for r in recipes.split(","):
+        _loss_drops(out / r)
+    import json
+
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["arch"] == "gpt2"
+    assert "GPT-2-style" in cap.out and "LLaMA" not in cap.out
+    assert "GPT-2-style" in (out / "summary.md").read_text()
+    model = build_model(ModelConfig(arch="gpt2", d_model=32, layers=1, heads=2, seq_len=32), seed=0)
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["arch"] == "gpt2"
+    assert meta["parameters"] == {"total": count_parameters(model),
+                                  "non_embedding": count_parameters(model, exclude_embeddings=True)}
+    # the checkpoint is a GPT-2 model: fidelity loads it and finds its 4 linear layers
+    rc = cli.main(["fidelity", "--checkpoint", str(out / "fp32" / "checkpoint.pt"), "--no-progress"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert "GPT-2-style" in cap.out and "averaged over 4 linear layers" in cap.out
+
+
+def test_fidelity_with_arch_gpt2(corpus, capsys):
+    rc = cli.main(["fidelity"] + TINY + ["--arch", "gpt2", "--steps", "3", "--data", corpus])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert "GPT-2-style" in cap.out and "averaged over 4 linear layers" in cap.out
+
+
+# ---------------------------------------------------------------------------------------
+# token budget and run metadata (for scaling-law fits)
+
+
+def test_token_budget_sets_steps_and_is_recorded(tmp_path, corpus, capsys):
+    import json
+
+    out = tmp_path / "run"
+    rc, cap = _train(TINY + ["--recipes", "fp32", "--tokens", "1000", "--eval-every", "4", "--data", corpus,
+                             "--out", str(out)], capsys)
+    assert rc == 0, cap.err
+    per_step = 4 * 32
+    steps = math.ceil(1000 / per_step)  # 8
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["steps"] == steps and cfg["tokens"] == 1000
+    rows = read_metrics(out / "fp32" / "metrics.csv")
+    assert rows[-1]["step"] == steps and rows[-1]["val_loss"] is not None
+    model = build_model(ModelConfig(d_model=32, layers=1, heads=2, seq_len=32), seed=0)
+    n_total, n_ne = count_parameters(model), count_parameters(model, exclude_embeddings=True)
+    assert n_ne == n_total - 256 * 32
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["parameters"] == {"total": n_total, "non_embedding": n_ne}
+    assert meta["arch"] == "llama" and meta["tokens_budget"] == 1000 and meta["tokens_per_step"] == per_step
+    assert meta["recipes"]["fp32"]["tokens"] == steps * per_step and meta["recipes"]["fp32"]["status"] == "ok"
+    assert meta["recipes"]["fp32"]["final_val_loss"] == rows[-1]["val_loss"]
+    with open(out / "summary.csv") as fh:
+        summary = list(csv.DictReader(fh))
+    assert int(summary[0]["params"]) == n_total and int(summary[0]["non_embedding_params"]) == n_ne
+    assert int(summary[0]["tokens"]) == steps * per_step
+    # resume: the stored budget is kept; the same --tokens is no change, another one is refused
+    rc, cap = _train(["--resume", "--out", str(out), "--no-progress"], capsys)
+    assert rc == 0 and "already finished" in cap.out
+    rc, cap = _train(["--resume", "--out", str(out), "--tokens", "1000", "--no-progress"], capsys)
+    assert rc == 0, cap.err
+    rc, cap = _train(["--resume", "--out", str(out), "--tokens", "2000", "--no-progress"], capsys)
+    assert rc == 2 and "--steps" in cap.err and "--tokens" in cap.err
+
+
+def test_old_config_without_arch_resumes_as_llama(tmp_path, corpus, capsys):
+    """A run written before --arch/--tokens existed (no such keys in config.json nor in its
+    checkpoints) resumes as the LLaMA-style model it was."""
+    import json
+
+    out = tmp_path / "old"
+    common = TINY + ["--recipes", "fp32", "--steps", "6", "--eval-every", "3", "--data", corpus]
+    rc, cap = _train(common + ["--out", str(out), "--stop-after", "4"], capsys)
+    assert rc == 130
+    cfg = json.loads((out / "config.json").read_text())
+    for k in ("arch", "tokens"):
+        del cfg[k]
+    (out / "config.json").write_text(json.dumps(cfg))
+    ck_path = out / "fp32" / "checkpoint.pt"
+    ck = torch.load(ck_path, weights_only=True)
+    for k in ("arch", "tokens"):
+        del ck["config"][k]
+    torch.save(ck, ck_path)
+    rc, cap = _train(["--resume", "--out", str(out), "--no-progress", "--threads", "1"], capsys)
+    assert rc == 0, cap.err
+    assert "LLaMA-style" in cap.out
+    rc, cap = _train(common + ["--out", str(tmp_path / "ref")], capsys)
+    assert rc == 0, cap.err
+    assert _loss_columns(out / "fp32" / "metrics.csv") == _loss_columns(tmp_path / "ref" / "fp32" / "metrics.csv")
+
+
+# ---------------------------------------------------------------------------------------
+# target-precision schedule (Zhou et al., spec §7)
+
+
+@pytest.mark.skipif(not _has_fp4_torch(), reason="needs fp4swift.torch")
+def test_precision_schedule_in_train(tmp_path, corpus, capsys):
+    """--switch-at applies to every quantized recipe, a spec's own switch_at overrides it (off
+    opts out): the metrics' `switched` column flips exactly at round(p·steps), the summary and
+    run.json name the switch, and a resume across the switch equals the uninterrupted run."""
+    common = TINY + ["--recipes", "fp32,zhou2025,zhou2025:switch_at=off,wang2025:switch_at=0.25:switch_to=fp32",
+                     "--steps", "12", "--eval-every", "4", "--checkpoint-every", "5", "--switch-at", "0.5",
+                     "--data", corpus]
+    out = tmp_path / "a"
+    rc, cap = _train(common + ["--out", str(out)], capsys)
+    assert rc == 0, cap.err
+    assert "[zhou2025] step 6: switched every quantized layer to fp8" in cap.out + cap.err
+    flags = {r: [row["switched"] for row in read_metrics(out / r / "metrics.csv")[1:]]
+             for r in ("fp32", "zhou2025", "zhou2025:switch_at=off", "wang2025:switch_at=0.25:switch_to=fp32")}
+    assert flags["fp32"] == [None] * 12 and flags["zhou2025:switch_at=off"] == [None] * 12
+    assert flags["zhou2025"] == [0] * 6 + [1] * 6  # row k is step k-1's result: steps 6..11 ran in fp8
+    assert flags["wang2025:switch_at=0.25:switch_to=fp32"] == [0] * 3 + [1] * 9
+    meta = json.loads((out / "run.json").read_text())["recipes"]
+    assert meta["zhou2025"]["switch"] == {"step": 6, "to": "fp8"}
+    assert meta["zhou2025:switch_at=off"]["switch"] is None
+    summary = (out / "summary.md").read_text()
+    assert "ok; fp8 from step 6" in summary and "ok; fp32 from step 3" in summary
+    # interrupted before the switch, resumed after it: identical numbers
+    b = tmp_path / "b"
+    rc, cap = _train(common + ["--out", str(b), "--stop-after", str(12 + 4)], capsys)
+    assert rc == 130
+    rc, cap = _train(["--resume", "--out", str(b), "--no-progress", "--threads", "1"], capsys)
+    assert rc == 0, cap.err
+    for r in flags:
+        assert _loss_columns(out / r / "metrics.csv") == _loss_columns(b / r / "metrics.csv"), r

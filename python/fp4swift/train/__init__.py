@@ -1,10 +1,13 @@
-"""The training experiment: a small LLaMA-style model trained under several precision
-recipes side by side (`fp4swift train`), and the activation-fidelity table of Wang et al.
-(`fp4swift fidelity`). Needs PyTorch (pip install -e .[torch]).
+"""The training experiment: a small LLaMA-style (or GPT-2-style, --arch gpt2) model trained
+under several precision recipes side by side (`fp4swift train`), the activation-fidelity table
+of Wang et al. (`fp4swift fidelity`), and a scaling-law fit over finished runs
+(`fp4swift scaling-law`). Training needs PyTorch (pip install -e .[torch]); the fit needs scipy.
 
-    model.py     the decoder (RMSNorm, RoPE, causal attention, SwiGLU, byte vocabulary)
+    model.py     the decoders (llama: RMSNorm, RoPE, SwiGLU; gpt2: LayerNorm, learned positions,
+                 GELU; causal attention, byte vocabulary), parameter counts
     data.py      byte corpus, split by file, batch sampler = pure function of (seed, step)
-    runner.py    training loop, checkpoints/resume, metrics, summary
-    plots.py     loss-curve PNG
+    runner.py    training loop, checkpoints/resume, metrics, summary, run.json
+    plots.py     loss-curve and scaling-law PNGs
     fidelity.py  Table 1 of Wang et al. on this model's linear-layer inputs
+    scaling.py   L(N, D) = (A/(N·effN)^α + B/(D·effD)^β)^γ + E fitted to finished runs
 """

@@ -207,7 +207,7 @@ def fidelity_command(args: Any) -> int:
     avg = {label: {k: float(np.mean([per_layer[n][label][k] for n in names])) for k in ("cosine", "mse", "snr_db")}
            for label, _, _ in ROWS}
     tokens = next(iter(acts.values())).shape[0] if acts else 0
-    print(f"model: {count_parameters(model):,} parameters, d_model {cfg.d_model}, {cfg.layers} layers; {source}; "
+    print(f"model: {cfg.model_config().label}, {count_parameters(model):,} parameters, d_model {cfg.d_model}, {cfg.layers} layers; {source}; "
           f"validation loss {val:.3f} on {len(batches)} batch(es) of {cfg.batch_size}x{cfg.seq_len}")
     print(f"Wang et al. Table 1 on this model's linear-layer inputs (the paper: LLaMA-1.3B):")
     print()
@@ -226,6 +226,7 @@ def fidelity_command(args: Any) -> int:
         print(ln)
     print(f"absolute values differ: the paper measured LLaMA-1.3B activations (larger outlier channels, hence its "
           f"8.31 dB without clamping); this is a {count_parameters(model) / 1e6:.2f}M-parameter byte-level model. "
-          f"q/k/v and gate/up share an input, so those inputs count 3 and 2 times in the average. "
-          f"({time.perf_counter() - t0:.1f} s)")
+          + ("q/k/v and gate/up share an input, so those inputs count 3 and 2 times in the average. "
+             if cfg.arch == "llama" else "")
+          + f"({time.perf_counter() - t0:.1f} s)")
     return 0

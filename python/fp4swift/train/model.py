@@ -1,9 +1,17 @@
-"""A compact LLaMA-style decoder: RMSNorm, rotary position embeddings, causal attention,
-SwiGLU MLP, byte-level vocabulary.
+"""Two compact byte-level decoders, chosen by ModelConfig.arch:
 
-Module names follow the Hugging Face LLaMA layout (q_proj, k_proj, v_proj, o_proj,
-gate_proj, up_proj, down_proj, lm_head), so fp4swift.torch.convert's default policy
-(every nn.Linear except the LM head) applies unchanged.
+- `llama` (default): RMSNorm, rotary position embeddings, causal attention, SwiGLU MLP;
+  module names follow the Hugging Face LLaMA layout (q_proj, k_proj, v_proj, o_proj,
+  gate_proj, up_proj, down_proj, lm_head).
+- `gpt2`: LayerNorm with bias, learned position embeddings, causal attention, GELU MLP
+  (4·d_model hidden); module names follow the Hugging Face GPT-2 layout
+  (transformer.wte/wpe/h.i.ln_1/attn.c_attn/attn.c_proj/ln_2/mlp.c_fc/mlp.c_proj/ln_f,
+  lm_head), but its linears are plain nn.Linear (HF GPT-2 uses Conv1D with transposed
+  weights), so fp4swift.torch.convert converts them.
+
+In both, fp4swift.torch.convert's default policy (every nn.Linear except the LM head)
+applies unchanged. build_model(cfg, seed) is the one factory; every model has
+forward(tokens) -> logits and loss(tokens, targets).
 """
 from __future__ import annotations
 
@@ -16,12 +24,16 @@ import torch.nn.functional as F
 from torch import nn
 
 VOCAB_SIZE = 256  # byte-level tokens
+ARCHS = ("llama", "gpt2")
+ARCH_LABELS = {"llama": "LLaMA-style", "gpt2": "GPT-2-style"}
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Size of the decoder. `mlp_hidden` 0 means LLaMA's rule: 8/3·d_model rounded up to a multiple of 32."""
+    """Architecture and size of the decoder. `mlp_hidden` 0 means the architecture's rule:
+    llama 8/3·d_model rounded up to a multiple of 32, gpt2 4·d_model."""
 
+    arch: str = "llama"
     d_model: int = 128
     layers: int = 4
     heads: int = 4
@@ -36,20 +48,29 @@ class ModelConfig:
     def hidden(self) -> int:
         if self.mlp_hidden > 0:
             return self.mlp_hidden
+        if self.arch == "gpt2":
+            return 4 * self.d_model
         return int(math.ceil(8 * self.d_model / 3 / 32) * 32)
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.heads
 
+    @property
+    def label(self) -> str:
+        """'LLaMA-style' or 'GPT-2-style' (for summaries and plot titles)."""
+        return ARCH_LABELS.get(self.arch, self.arch)
+
     def validate(self) -> None:
         """Raises ValueError with a one-line message when the sizes do not fit together."""
+        if self.arch not in ARCHS:
+            raise ValueError(f"--arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
         for name in ("d_model", "layers", "heads", "seq_len", "vocab_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.d_model % self.heads:
             raise ValueError(f"--d-model ({self.d_model}) must be a multiple of --heads ({self.heads})")
-        if self.head_dim % 2:
+        if self.arch == "llama" and self.head_dim % 2:
             raise ValueError(f"the head size d_model/heads = {self.head_dim} must be even for rotary embeddings")
 
     def to_dict(self) -> Dict[str, Any]:
@@ -174,29 +195,143 @@ class LlamaLM(nn.Module):
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
+# ---------------------------------------------------------------------------------------
+# GPT-2
+
+
+class GPT2Attention(nn.Module):
+    """Causal self-attention with a fused q/k/v projection (c_attn) and an output projection (c_proj)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.heads, self.head_dim = cfg.heads, cfg.head_dim
+        self.c_attn = nn.Linear(d, 3 * d)
+        self.c_proj = nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = (y.view(b, t, self.heads, self.head_dim).transpose(1, 2) for y in self.c_attn(x).split(d, dim=-1))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.c_proj(y.transpose(1, 2).reshape(b, t, d))
+
+
+class GPT2MLP(nn.Module):
+    """c_proj(gelu(c_fc(x))), GELU with the tanh approximation (GPT-2's gelu_new)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.d_model, cfg.hidden)
+        self.c_proj = nn.Linear(cfg.hidden, cfg.d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+
+
+class GPT2Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.attn = GPT2Attention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.mlp = GPT2MLP(cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT2LM(nn.Module):
+    """GPT-2-style decoder; forward(tokens [B, T] int64) -> logits [B, T, vocab].
+
+    Layout as Hugging Face's GPT2LMHeadModel: transformer.{wte, wpe, h, ln_f} and lm_head
+    (bias-free; tied to wte with tie_embeddings)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.transformer = nn.ModuleDict({
+            "wte": nn.Embedding(cfg.vocab_size, cfg.d_model),
+            "wpe": nn.Embedding(cfg.seq_len, cfg.d_model),
+            "h": nn.ModuleList([GPT2Block(cfg) for _ in range(cfg.layers)]),
+            "ln_f": nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps),
+        })
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.transformer["wte"].weight
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # GPT-2: N(0, 0.02) matrices and embeddings, zero biases, residual projections scaled by 1/sqrt(2·layers).
+        std = 0.02
+        for name, p in self.named_parameters():
+            if p.dim() == 2:
+                s = std / math.sqrt(2 * self.cfg.layers) if name.endswith("c_proj.weight") else std
+                nn.init.normal_(p, mean=0.0, std=s)
+            elif name.endswith("bias") and not name.split(".")[-2].startswith("ln_"):
+                nn.init.zeros_(p)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        t = tokens.shape[-1]
+        if t > self.cfg.seq_len:
+            raise ValueError(f"sequence of {t} tokens is longer than the model's seq_len {self.cfg.seq_len}")
+        tr = self.transformer
+        x = tr["wte"](tokens) + tr["wpe"](torch.arange(t, device=tokens.device))
+        for block in tr["h"]:
+            x = block(x)
+        return self.lm_head(tr["ln_f"](x))
+
+    def loss(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean next-byte cross entropy (nats)."""
+        logits = self(tokens)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+# ---------------------------------------------------------------------------------------
+# factory and counts
+
+
 def count_parameters(model: nn.Module, exclude_embeddings: bool = False) -> int:
-    """Number of distinct parameters (a tied head counts once)."""
+    """Number of distinct parameters (a tied head counts once).
+
+    With exclude_embeddings, the parameters of nn.Embedding modules (token and, for gpt2,
+    position embeddings) are left out: Kaplan et al.'s non-embedding count N. An untied LM
+    head is a linear layer and counts; a head tied to the token embedding does not."""
+    embedding = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
     seen = set()
     n = 0
-    for name, p in model.named_parameters():
+    for _, p in model.named_parameters():
         if id(p) in seen:
             continue
         seen.add(id(p))
-        if exclude_embeddings and name.startswith("embed_tokens"):
+        if exclude_embeddings and id(p) in embedding:
             continue
         n += p.numel()
     return n
 
 
-def build_model(cfg: ModelConfig, seed: int) -> LlamaLM:
-    """The model initialized from `seed` (the same weights for every recipe)."""
+def parameter_counts(cfg: ModelConfig) -> Dict[str, int]:
+    """{"total": ..., "non_embedding": ...} of the model `cfg` describes, without allocating
+    its weights (built on torch's meta device)."""
+    with torch.device("meta"):
+        m = LlamaLM(cfg) if cfg.arch == "llama" else GPT2LM(cfg)
+    return {"total": count_parameters(m), "non_embedding": count_parameters(m, exclude_embeddings=True)}
+
+
+def build_model(cfg: ModelConfig, seed: int) -> nn.Module:
+    """The model of cfg.arch (LlamaLM or GPT2LM) initialized from `seed` (the same weights
+    for every recipe)."""
+    cfg.validate()
     g = torch.random.fork_rng(devices=[])
     with g:
         torch.manual_seed(seed)
-        return LlamaLM(cfg)
+        return LlamaLM(cfg) if cfg.arch == "llama" else GPT2LM(cfg)
 
 
 def linear_flops_per_token(cfg: ModelConfig) -> Optional[int]:
     """Multiply-accumulates per token of the linear layers (forward), for reference."""
     d, h = cfg.d_model, cfg.hidden
+    if cfg.arch == "gpt2":
+        return cfg.layers * (4 * d * d + 2 * d * h) + d * cfg.vocab_size
     return cfg.layers * (4 * d * d + 3 * d * h) + d * cfg.vocab_size

@@ -1,4 +1,5 @@
-"""The loss-curve figure of a training run (matplotlib, Agg backend: no display needed)."""
+"""Figures (matplotlib, Agg backend: no display needed): the loss curves of a training run and
+the scaling-law fit of `fp4swift scaling-law`."""
 from __future__ import annotations
 
 import math
@@ -17,16 +18,93 @@ def _ema(values: List[float], beta: float = 0.9) -> np.ndarray:
     return np.asarray(out)
 
 
-def plot_losses(path: str, curves: Dict[str, List[Dict[str, Any]]], title: str = "") -> Optional[str]:
-    """Writes a PNG (atomically) with the training loss (EMA-smoothed) and validation loss of
-    every recipe, plus the validation gap to fp32 when fp32 is present. Returns the path, or
-    None when matplotlib is missing."""
+def _pyplot() -> Any:
     try:
         import matplotlib
 
         matplotlib.use("Agg", force=True)
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def _save(fig: Any, path: str, plt: Any) -> str:
+    """Saves the figure atomically with the usual file mode, and closes it."""
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".png", dir=d)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110)
+        m = os.umask(0o022)
+        os.umask(m)
+        os.chmod(tmp, 0o666 & ~m)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    finally:
+        plt.close(fig)
+    return path
+
+
+def plot_scaling(path: str, fit: Any) -> Optional[str]:
+    """One panel per recipe of a scaling.ScalingFit: final validation loss against tokens trained
+    (log x axis), one colour per model size N, and the fitted law L(N·effN, D·effD) as a line per size
+    (the base recipe's fit dashed in the other panels for comparison). Returns the path, or None
+    when matplotlib is missing."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    from .scaling import predict
+
+    recipes = [r.recipe for r in fit.table()]
+    sizes = sorted({p.n for p in fit.points})
+    ds = [p.d for p in fit.points]
+    grid = np.geomspace(min(ds) / 1.5, max(ds) * 1.5, 100)
+    cols = min(3, len(recipes))
+    rows = int(math.ceil(len(recipes) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.2 * rows), squeeze=False, sharey=True)
+    cmap = plt.get_cmap("viridis")
+    color = {n: cmap(0.85 * i / max(1, len(sizes) - 1)) for i, n in enumerate(sizes)}
+    for k, (ax, r) in enumerate(zip(axes.flat, fit.table())):
+        pts = [p for p in fit.points if p.recipe == r.recipe]
+        for n in sizes:
+            sel = sorted((p.d, p.loss) for p in pts if p.n == n)
+            if sel:
+                x, y = zip(*sel)
+                ax.plot(x, y, "o", color=color[n], ms=5, label=f"N = {n:,.0f}")
+            if r.eff_n is not None and any(p.n == n for p in pts):
+                ax.plot(grid, predict(n, grid, fit.params, r.eff_n, r.eff_d), "-", color=color[n], lw=1.4)
+                if r.recipe != fit.base_recipe:
+                    ax.plot(grid, predict(n, grid, fit.params), ":", color=color[n], lw=1.0, alpha=0.7)
+        title = r.recipe if r.recipe == fit.base_recipe or r.eff_n is None else \
+            f"{r.recipe}: effN {r.eff_n:.2f}, effD {r.eff_d:.2f}"
+        ax.set_title(title)
+        ax.set_xscale("log")
+        ax.set_xlabel("tokens trained D")
+        if k % cols == 0:
+            ax.set_ylabel("final validation loss (nats/byte)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(recipes):]:
+        ax.set_visible(False)
+    p = fit.params
+    fig.suptitle(f"L = (A/(N effN)^{p['alpha']:.2f} + B/(D effD)^{p['beta']:.2f})^{p['gamma']:.2f} + {p['E']:.3f}  "
+                 f"(solid: fit; dotted: {fit.base_recipe} fit at the same N)")
+    fig.tight_layout()
+    return _save(fig, path, plt)
+
+
+def plot_losses(path: str, curves: Dict[str, List[Dict[str, Any]]], title: str = "") -> Optional[str]:
+    """Writes a PNG (atomically) with the training loss (EMA-smoothed) and validation loss of
+    every recipe, plus the validation gap to fp32 when fp32 is present. Returns the path, or
+    None when matplotlib is missing."""
+    plt = _pyplot()
+    if plt is None:
         return None
     have_ref = "fp32" in curves
     fig, axes = plt.subplots(1, 2 if have_ref else 1, figsize=(13 if have_ref else 7.5, 4.8), squeeze=False)
@@ -38,6 +116,10 @@ def plot_losses(path: str, curves: Dict[str, List[Dict[str, Any]]], title: str =
     ymax = None
     for i, (name, rows) in enumerate(curves.items()):
         c = colors[i % len(colors)]
+        # A target-precision schedule: a dotted line where the recipe switched (first switched row).
+        switched = next((r["step"] for r in rows if r.get("switched")), None)
+        if switched is not None:
+            ax.axvline(switched - 1, color=c, ls=":", lw=1.2, label=f"{name}: precision switch")
         tr = [(r["step"], r["train_loss"]) for r in rows
               if r.get("train_loss") is not None and math.isfinite(r["train_loss"])]
         va = [(r["step"], r["val_loss"]) for r in rows if r.get("val_loss") is not None and math.isfinite(r["val_loss"])]
@@ -74,21 +156,4 @@ def plot_losses(path: str, curves: Dict[str, List[Dict[str, Any]]], title: str =
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".loss_curves.", suffix=".png", dir=d)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110)
-        m = os.umask(0o022)
-        os.umask(m)
-        os.chmod(tmp, 0o666 & ~m)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    finally:
-        plt.close(fig)
-    return path
+    return _save(fig, path, plt)

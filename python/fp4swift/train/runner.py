@@ -1,5 +1,6 @@
-"""`fp4swift train`: one small LLaMA-style model trained under several precision recipes,
-side by side, from the same initialization and on the same data order.
+"""`fp4swift train`: one small LLaMA-style (or, with --arch gpt2, GPT-2-style) model trained
+under several precision recipes, side by side, from the same initialization and on the same
+data order.
 
 Output directory layout (DIR = --out, default runs/<YYYYmmdd-HHMMSS>, with runs/latest
 pointing at the newest default run):
@@ -8,7 +9,15 @@ pointing at the newest default run):
     DIR/<recipe>/metrics.csv     step, train_loss, val_loss, tokens_per_s, elapsed_s
     DIR/<recipe>/checkpoint.pt   model, optimizer, RNG, step, metrics so far (atomic writes)
     DIR/loss_curves.png          training and validation loss of every recipe
-    DIR/summary.md, summary.csv  final validation loss, gap to fp32, tokens/s, relative cost
+    DIR/run.json                 what a scaling-law fit needs: arch, parameter counts (total and
+                                 non-embedding), tokens per step, and per recipe the steps and
+                                 tokens trained and the final validation loss (rewritten at the
+                                 start of every session and after every recipe)
+    DIR/summary.md, summary.csv  final validation loss, gap to fp32, tokens/s, relative cost,
+                                 parameters (total, non-embedding) and tokens trained
+
+The length of a run is --steps or a token budget --tokens N (steps = ceil(N / (batch·seq_len));
+config.json then holds both the budget and the derived steps).
 
 Recipes run one after another (each alone on the machine, so tokens/s compare fairly).
 The batch of step s is a pure function of (seed, s), the learning rate a pure function of s,
@@ -36,10 +45,12 @@ import torch
 from torch import nn
 
 from .data import Corpus, DataError, check_seq_len, load_corpus, train_batch, val_batches
-from .model import LlamaLM, ModelConfig, build_model, count_parameters
+from .model import ARCHS, ModelConfig, build_model, count_parameters
 
 CHECKPOINT_VERSION = 1
-METRIC_FIELDS = ("step", "train_loss", "val_loss", "tokens_per_s", "elapsed_s")
+#: "switched": 1 once a target-precision schedule has switched the recipe's layers (else 0; empty
+#: without a schedule).
+METRIC_FIELDS = ("step", "train_loss", "val_loss", "tokens_per_s", "elapsed_s", "switched")
 DEFAULT_RECIPES = ("fp32", "fp4-direct", "wang2025")
 
 
@@ -59,6 +70,7 @@ class TrainConfig:
     """Everything that determines a run's numbers (stored in DIR/config.json)."""
 
     recipes: List[str] = field(default_factory=lambda: list(DEFAULT_RECIPES))
+    arch: str = "llama"         # "llama" or "gpt2" (a config.json without the field is a llama run)
     d_model: int = 128
     layers: int = 4
     heads: int = 4
@@ -77,10 +89,17 @@ class TrainConfig:
     checkpoint_every: int = 50
     seed: int = 0
     data: Optional[str] = None  # None: the Python standard library's .py files
+    tokens: Optional[int] = None  # the --tokens budget that set `steps` (None: --steps or the default)
+    switch_at: Optional[float] = None  # target-precision schedule of every quantized recipe (None: off)
+    switch_to: str = "fp8"             # ... and its target recipe
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len
 
     def model_config(self) -> ModelConfig:
-        return ModelConfig(d_model=self.d_model, layers=self.layers, heads=self.heads, seq_len=self.seq_len,
-                           mlp_hidden=self.mlp_hidden, tie_embeddings=self.tie_embeddings)
+        return ModelConfig(arch=self.arch, d_model=self.d_model, layers=self.layers, heads=self.heads,
+                           seq_len=self.seq_len, mlp_hidden=self.mlp_hidden, tie_embeddings=self.tie_embeddings)
 
     @property
     def warmup_steps(self) -> int:
@@ -93,6 +112,12 @@ class TrainConfig:
                 raise RunError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise RunError(f"--lr must be a positive number, got {self.lr}")
+        if self.tokens is not None and self.tokens <= 0:
+            raise RunError(f"--tokens must be positive, got {self.tokens}")
+        if self.switch_at is not None and not 0 <= self.switch_at <= 1:
+            raise RunError(f"--switch-at must be a fraction of training in [0, 1], got {self.switch_at}")
+        if self.arch not in ARCHS:
+            raise RunError(f"--arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
         if not self.recipes:
             raise RunError("--recipes is empty; name at least one recipe")
         if len(set(self.recipes)) != len(self.recipes):
@@ -136,15 +161,59 @@ def _parse_value(v: str) -> Any:
     return v.strip()
 
 
+#: Recipe-spec keys of the target-precision schedule (not Recipe fields).
+SCHEDULE_KEYS = ("switch_at", "switch_to")
+
+
+def _split_schedule(spec: str) -> Tuple[str, Dict[str, str]]:
+    """(the spec without its schedule keys, {key: value} of those keys)."""
+    name, *mods = spec.split(":")
+    keep, sched = [name], {}
+    for m in mods:
+        key, eq, val = m.partition("=")
+        if eq and key.strip() in SCHEDULE_KEYS:
+            sched[key.strip()] = val.strip()
+        else:
+            keep.append(m)
+    return ":".join(keep), sched
+
+
+def recipe_schedule(spec: str, cfg: "TrainConfig") -> Optional[Tuple[float, str]]:
+    """(switch_at, target) of the target-precision schedule of a recipe spec, or None.
+
+    `--switch-at P` (cfg.switch_at) applies to every quantized recipe; a spec's own
+    `:switch_at=P` / `:switch_at=off` and `:switch_to=NAME` override it for that recipe, so one
+    run can hold `zhou2025` and `zhou2025:switch_at=0.9` side by side."""
+    base, sched = _split_schedule(spec)
+    if base.split(":")[0] == "fp32":
+        return None
+    at: Optional[float] = cfg.switch_at
+    raw = sched.get("switch_at")
+    if raw is not None:
+        v = _parse_value(raw)
+        if v is False:
+            at = None
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1:
+            at = float(v)
+        else:
+            raise RunError(f"recipe {spec!r}: switch_at must be a fraction of training in [0, 1] or off, got {raw!r}")
+    if at is None:
+        return None
+    target = sched.get("switch_to", cfg.switch_to)
+    resolve_recipe(target)  # a known recipe (fp32 included)
+    return at, target
+
+
 def resolve_recipe(spec: str) -> Any:
     """A recipe spec -> None (fp32: the unconverted model) or an fp4swift.Recipe.
 
     A spec is a recipe name, optionally with ablation overrides of the recipe's fields:
     `wang2025:dge=off`, `wang2025:alpha=0.97:compensate=off`, `wang2025:granularity=tensor`
-    (fields and shortcuts of fp4swift.Recipe.replace). Raises RunError on a bad spec."""
+    (fields and shortcuts of fp4swift.Recipe.replace), and the schedule keys of
+    `recipe_schedule` (`zhou2025:switch_at=0.9:switch_to=fp32`). Raises RunError on a bad spec."""
     import fp4swift as f4
 
-    name, *mods = spec.split(":")
+    name, *mods = _split_schedule(spec)[0].split(":")
     known = available_recipes()
     if name not in known:
         raise RunError(f"unknown recipe {name!r}; available: {', '.join(known)}")
@@ -174,9 +243,11 @@ def resolve_recipe(spec: str) -> Any:
     return recipe
 
 
-def check_recipes(names: Sequence[str]) -> None:
+def check_recipes(names: Sequence[str], cfg: Optional["TrainConfig"] = None) -> None:
     """Unknown names, bad overrides, or FP4 recipes without fp4swift.torch: a RunError before any training."""
     recipes = [resolve_recipe(n) for n in names]
+    for n in names:
+        recipe_schedule(n, cfg or TrainConfig())  # the schedule keys' values and targets
     if any(r is not None for r in recipes):
         try:
             import fp4swift.torch  # noqa: F401
@@ -345,7 +416,9 @@ def read_metrics(path: str) -> List[Dict[str, Optional[float]]]:
     with open(path, newline="") as fh:
         rows = []
         for r in csv.DictReader(fh):
-            rows.append({k: (None if r[k] == "" else (int(r[k]) if k == "step" else float(r[k]))) for k in METRIC_FIELDS})
+            # .get: metrics written before a column existed read it as empty.
+            rows.append({k: (None if r.get(k, "") in ("", None) else (int(r[k]) if k in ("step", "switched") else float(r[k])))
+                         for k in METRIC_FIELDS})
         return rows
 
 
@@ -421,6 +494,7 @@ class RecipeResult:
     train_time: float       # seconds spent in training steps (excluding evaluation)
     tokens: int             # training tokens processed
     diverged_at: Optional[int] = None
+    switch: Optional[Tuple[int, str]] = None  # (step, target) of a target-precision schedule
 
     @property
     def final_val(self) -> Optional[float]:
@@ -444,13 +518,13 @@ class Runner:
         self.threads = threads or default_threads()
         self.stop_after, self.log, self.point_latest = stop_after, log, point_latest
         self.corpus: Optional[Corpus] = None
-        self.base: Optional[LlamaLM] = None
+        self.base: Optional[nn.Module] = None
 
     # -- setup: everything that can fail on bad input happens here, before any file is written
     def prepare(self) -> None:
         cfg = self.cfg
         cfg.validate()
-        check_recipes(cfg.recipes)
+        check_recipes(cfg.recipes, cfg)
         try:
             self.corpus = load_corpus(cfg.data)
             check_seq_len(self.corpus, cfg.seq_len)
@@ -481,8 +555,9 @@ class Runner:
         if self.point_latest:
             _point_latest(self.out)
         n_params = count_parameters(self.base)
-        self.log(f"model: LLaMA-style, d_model {cfg.d_model}, {cfg.layers} layers, {cfg.heads} heads, "
-                 f"MLP {cfg.model_config().hidden}, seq {cfg.seq_len}, vocab 256 (bytes), "
+        self.write_run_json([])
+        self.log(f"model: {cfg.model_config().label}, d_model {cfg.d_model}, {cfg.layers} layers, "
+                 f"{cfg.heads} heads, MLP {cfg.model_config().hidden}, seq {cfg.seq_len}, vocab 256 (bytes), "
                  f"{'tied' if cfg.tie_embeddings else 'untied'} head: {n_params:,} parameters "
                  f"({count_parameters(self.base, exclude_embeddings=True):,} without the embedding)")
         self.log(f"data: {self.corpus.describe()}")
@@ -493,10 +568,17 @@ class Runner:
                  f"{self.threads}, torch 1)")
         self.log(f"output: {self.out}")
         vals = val_batches(self.corpus.val, cfg.eval_batches, cfg.batch_size, cfg.seq_len)
-        results = []
+        results: List[RecipeResult] = []
         for recipe in cfg.recipes:
             results.append(self._run_recipe(recipe, vals, stop))
+            self.write_run_json(results)
         return results
+
+    def write_run_json(self, results: List["RecipeResult"]) -> None:
+        """DIR/run.json (see the module docstring) from the recipes finished so far."""
+        assert self.base is not None
+        atomic_write_text(os.path.join(self.out, "run.json"),
+                          json.dumps(run_metadata(self.cfg, self.base, results), indent=2) + "\n")
 
     def _say(self, msg: str) -> None:
         try:
@@ -536,13 +618,20 @@ class Runner:
         ckpt_path = os.path.join(rdir, "checkpoint.pt")
         model = prepare_model(self.base, recipe)
         configure_threads(self.threads, fp4=resolve_recipe(recipe) is not None)
+        schedule, switch = None, None
+        plan = recipe_schedule(recipe, cfg)
+        if plan is not None:
+            import fp4swift.torch as f4t
+
+            schedule = f4t.PrecisionSchedule(model, total_steps=cfg.steps, switch_at=plan[0], target=plan[1])
+            switch = (schedule.switch_step, plan[1])
         model.train()
         opt = make_optimizer(model, cfg)
         step, rows, train_time, wall, diverged_at, done = 0, [], 0.0, 0.0, None, False
         tokens_per_step = cfg.batch_size * cfg.seq_len
         if self.resume and os.path.exists(ckpt_path):
             ck = load_checkpoint(ckpt_path)
-            if ck.get("config") != cfg.to_dict():
+            if TrainConfig.from_dict(ck.get("config") or {}).to_dict() != cfg.to_dict():
                 raise RunError(f"{ckpt_path} was written by a different configuration than {self.out}/config.json")
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
@@ -556,7 +645,7 @@ class Runner:
                              f"BLAS results can differ in the last bits with the thread count (--threads)")
         if done:
             self.log(f"[{recipe}] already finished ({step} steps); skipped")
-            return RecipeResult(recipe, rows, train_time, step * tokens_per_step, diverged_at)
+            return RecipeResult(recipe, rows, train_time, step * tokens_per_step, diverged_at, switch)
         if stop.requested:
             self._checkpoint(ckpt_path, recipe, model, opt, step, rows, train_time, wall, False, None)
             raise Interrupted(f"stopped before {recipe} step {step + 1}")
@@ -575,6 +664,9 @@ class Runner:
         try:
             while step < cfg.steps:
                 t_wall = time.perf_counter()
+                if schedule is not None and schedule.step(step):
+                    self._say(f"[{recipe}] step {step}: switched every quantized layer to {plan[1]} "
+                             f"(target-precision schedule, switch_at {plan[0]:g})")
                 x, y = train_batch(self.corpus.train, cfg.seed, step, cfg.batch_size, cfg.seq_len)
                 lr = lr_at(cfg, step)
                 for g in opt.param_groups:
@@ -600,7 +692,8 @@ class Runner:
                 step += 1
                 train_time += dt
                 row: Dict[str, Any] = {"step": step, "train_loss": loss_v, "val_loss": None,
-                                       "tokens_per_s": tokens_per_step / dt if dt > 0 else None, "elapsed_s": 0.0}
+                                       "tokens_per_s": tokens_per_step / dt if dt > 0 else None, "elapsed_s": 0.0,
+                                       "switched": None if schedule is None else int(schedule.switched)}
                 if not math.isfinite(loss_v):
                     diverged_at = step
                     self._say(f"[{recipe}] training loss is not finite at step {step}: diverged; stopping this recipe")
@@ -629,7 +722,7 @@ class Runner:
         finally:
             if bar is not None:
                 bar.close()
-        return RecipeResult(recipe, rows, train_time, step * tokens_per_step, diverged_at)
+        return RecipeResult(recipe, rows, train_time, step * tokens_per_step, diverged_at, switch)
 
 
 def load_checkpoint(path: str) -> Dict[str, Any]:
@@ -661,7 +754,8 @@ def summarize(results: List[RecipeResult]) -> Tuple[List[Dict[str, Any]], str]:
         table.append({"recipe": r.recipe, "final_val_loss": v, "gap_to_fp32_pct": gap,
                       "tokens_per_s": r.tokens_per_s, "relative_cost": cost,
                       "steps": r.rows[-1]["step"] if r.rows else 0,
-                      "status": f"diverged at step {r.diverged_at}" if r.diverged_at else "ok"})
+                      "status": (f"diverged at step {r.diverged_at}" if r.diverged_at else "ok")
+                      + (f"; {r.switch[1]} from step {r.switch[0]}" if r.switch else "")})
 
     def f(v: Optional[float], spec: str) -> str:
         return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
@@ -673,7 +767,7 @@ def summarize(results: List[RecipeResult]) -> Tuple[List[Dict[str, Any]], str]:
         lines.append(f"| {t['recipe']} | {f(t['final_val_loss'], '.4f')} | {gap} | {f(t['tokens_per_s'], ',.0f')} | "
                      f"{f(t['relative_cost'], '.2f') + ('x' if t['relative_cost'] is not None else '')} | {t['status']} |")
     ok = [t for t in table if t["recipe"] != "fp32" and t["final_val_loss"] is not None
-          and math.isfinite(t["final_val_loss"]) and t["status"] == "ok"]
+          and math.isfinite(t["final_val_loss"]) and t["status"].startswith("ok")]
     if ok:
         best = min(ok, key=lambda t: t["final_val_loss"])
         if ref_val is not None:
@@ -691,21 +785,57 @@ def summarize(results: List[RecipeResult]) -> Tuple[List[Dict[str, Any]], str]:
     return table, "\n".join(lines)
 
 
+def run_metadata(cfg: TrainConfig, model: nn.Module, results: Sequence[RecipeResult]) -> Dict[str, Any]:
+    """The content of DIR/run.json: what a scaling-law fit reads besides metrics.csv.
+
+    parameters.non_embedding leaves out the token (and gpt2's position) embedding tables but
+    counts an untied LM head; tokens = steps trained x batch_size x seq_len."""
+    recipes = {}
+    for r in results:
+        steps = r.rows[-1]["step"] if r.rows else 0
+        v = r.final_val
+        recipes[r.recipe] = {"steps": steps, "tokens": r.tokens,
+                             "final_val_loss": v if v is not None and math.isfinite(v) else None,
+                             "status": f"diverged at step {r.diverged_at}" if r.diverged_at else
+                             ("ok" if steps >= cfg.steps else "unfinished"),
+                             "switch": {"step": r.switch[0], "to": r.switch[1]} if r.switch else None}
+    return {
+        "arch": cfg.arch,
+        "model": cfg.model_config().label,
+        "parameters": {"total": count_parameters(model),
+                       "non_embedding": count_parameters(model, exclude_embeddings=True)},
+        "tokens_per_step": cfg.tokens_per_step,
+        "steps": cfg.steps,
+        "tokens": cfg.steps * cfg.tokens_per_step,
+        "tokens_budget": cfg.tokens,
+        "recipes": recipes,
+    }
+
+
+#: Columns of DIR/summary.csv.
+SUMMARY_FIELDS = ("recipe", "final_val_loss", "gap_to_fp32_pct", "tokens_per_s", "relative_cost", "steps", "status",
+                  "params", "non_embedding_params", "tokens")
+
+
 def write_summary(out: str, results: List[RecipeResult], cfg: TrainConfig, n_params: int,
-                  wall: Optional[float] = None) -> str:
+                  wall: Optional[float] = None, n_non_embedding: Optional[int] = None) -> str:
     table, md = summarize(results)
-    head = (f"fp4swift train: {n_params:,}-parameter LLaMA-style byte-level model (d_model {cfg.d_model}, "
-            f"{cfg.layers} layers, {cfg.heads} heads, seq {cfg.seq_len}), {cfg.steps} steps x batch {cfg.batch_size}, "
+    mc = cfg.model_config()
+    head = (f"fp4swift train: {n_params:,}-parameter "
+            + (f"({n_non_embedding:,} non-embedding) " if n_non_embedding is not None else "")
+            + f"{mc.label} byte-level model (d_model {cfg.d_model}, {cfg.layers} layers, {cfg.heads} heads, "
+            f"seq {cfg.seq_len}), "
+            f"{cfg.steps} steps x batch {cfg.batch_size} = {cfg.steps * cfg.tokens_per_step:,} tokens, "
             f"lr {cfg.lr:g}, seed {cfg.seed}, data: {cfg.data or 'Python stdlib .py files'}"
             + (f"; wall time {wall:.0f} s" if wall is not None else ""))
     md = head + "\n\n" + md
     atomic_write_text(os.path.join(out, "summary.md"), "# " + md + "\n")
     buf = io.StringIO()
-    keys = ["recipe", "final_val_loss", "gap_to_fp32_pct", "tokens_per_s", "relative_cost", "steps", "status"]
-    w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=list(SUMMARY_FIELDS), lineterminator="\n")
     w.writeheader()
-    for t in table:
-        w.writerow({k: _fmt(t[k]) for k in keys})
+    for t, r in zip(table, results):
+        t = dict(t, params=n_params, non_embedding_params=n_non_embedding, tokens=r.tokens)
+        w.writerow({k: _fmt(t[k]) for k in SUMMARY_FIELDS})
     atomic_write_text(os.path.join(out, "summary.csv"), buf.getvalue())
     return md
 
@@ -715,9 +845,9 @@ def write_summary(out: str, results: List[RecipeResult], cfg: TrainConfig, n_par
 
 
 #: Flags that define a run (stored in config.json; a resumed run must not change them).
-CONFIG_FLAGS = ("recipes", "d_model", "layers", "heads", "seq_len", "mlp_hidden", "tie_embeddings", "batch_size",
-                "steps", "lr", "warmup", "min_lr_ratio", "weight_decay", "grad_clip", "eval_every", "eval_batches",
-                "checkpoint_every", "seed", "data")
+CONFIG_FLAGS = ("recipes", "arch", "d_model", "layers", "heads", "seq_len", "mlp_hidden", "tie_embeddings",
+                "batch_size", "steps", "lr", "warmup", "min_lr_ratio", "weight_decay", "grad_clip", "eval_every",
+                "eval_batches", "checkpoint_every", "seed", "data", "tokens", "switch_at", "switch_to")
 
 
 def _err(msg: str) -> int:
@@ -726,7 +856,13 @@ def _err(msg: str) -> int:
 
 
 def config_from_args(args: Any, base: Optional[TrainConfig] = None) -> TrainConfig:
-    """TrainConfig from parsed flags; flags left at None keep `base`'s (or the default) value."""
+    """TrainConfig from parsed flags; flags left at None keep `base`'s (or the default) value.
+
+    --tokens N sets steps = ceil(N / (batch_size·seq_len)) (with the batch size and sequence
+    length in effect) and is stored as `tokens`; --steps clears a stored budget. Giving both is
+    a RunError."""
+    if getattr(args, "tokens", None) is not None and getattr(args, "steps", None) is not None:
+        raise RunError("give either --steps or --tokens, not both")
     d = (base or TrainConfig()).to_dict()
     for k in CONFIG_FLAGS:
         v = getattr(args, k, None)
@@ -737,6 +873,14 @@ def config_from_args(args: Any, base: Optional[TrainConfig] = None) -> TrainConf
         if k == "data":
             v = os.path.abspath(v)
         d[k] = v
+    if getattr(args, "steps", None) is not None:
+        d["tokens"] = None
+    if d.get("tokens") is not None:
+        if d["tokens"] <= 0:
+            raise RunError(f"--tokens must be positive, got {d['tokens']}")
+        per_step = d["batch_size"] * d["seq_len"]
+        if per_step > 0:
+            d["steps"] = -(-int(d["tokens"]) // per_step)
     return TrainConfig.from_dict(d)
 
 
@@ -761,14 +905,20 @@ def train_command(args: Any) -> int:
                 stored = TrainConfig.from_dict(json.load(fh))
         except (OSError, ValueError, TypeError) as e:
             return _err(f"cannot read {cfg_path}: {e}")
-        cfg = config_from_args(args, stored)
+        try:
+            cfg = config_from_args(args, stored)
+        except RunError as e:
+            return _err(str(e))
         changed = [k for k in CONFIG_FLAGS if getattr(cfg, k) != getattr(stored, k)]
         if changed:
             return _err(f"--resume continues {out} as it was configured; these flags differ from its config.json: "
                         + ", ".join(f"--{k.replace('_', '-')}" for k in changed))
         point_latest = False
     else:
-        cfg = config_from_args(args)
+        try:
+            cfg = config_from_args(args)
+        except RunError as e:
+            return _err(str(e))
         point_latest = args.out is None
         out = args.out or default_out_dir()
     runner = Runner(cfg, out, resume=bool(args.resume), progress=not args.no_progress,
@@ -788,16 +938,17 @@ def train_command(args: Any) -> int:
               f"{runner.resume_message()}", file=sys.stderr)
         return 130
     n_params = count_parameters(runner.base) if runner.base is not None else 0
+    n_non_emb = count_parameters(runner.base, exclude_embeddings=True) if runner.base is not None else 0
     from .plots import plot_losses
 
     png = plot_losses(os.path.join(out, "loss_curves.png"), {r.recipe: r.rows for r in results},
-                      title=f"{n_params:,}-parameter LLaMA-style model, {cfg.steps} steps, byte-level")
+                      title=f"{n_params:,}-parameter {cfg.model_config().label} model, {cfg.steps} steps, byte-level")
     wall = time.perf_counter() - t_start
-    md = write_summary(out, results, cfg, n_params, wall if not args.resume else None)
+    md = write_summary(out, results, cfg, n_params, wall if not args.resume else None, n_non_emb)
     print()
     print(md)
     print()
     print(f"wrote {out}/summary.md, summary.csv, "
           f"{'loss_curves.png, ' if png else '(no plot: matplotlib missing), '}"
-          f"<recipe>/metrics.csv and checkpoint.pt; wall time {wall:.1f} s")
+          f"run.json, <recipe>/metrics.csv and checkpoint.pt; wall time {wall:.1f} s")
     return 0
