@@ -1,6 +1,7 @@
 """FP4 linear layer cost against the fp32 recipe (and torch nn.Linear), timed in one run.
 
     python benchmarks/linear.py [--tokens 2048 --in 1024 --out 4096] [--threads 2] [--repeats 5]
+                                [--recipes fp32,quartet] [--no-breakdown]
 
 Targets (issue: DGE, OCC and the FP4 linear layer), T=2048, K=1024, N=4096, 2 threads:
 - wang2025 forward+backward <= 1.10x the fp32 recipe's forward+backward (quartet <= 1.5x);
@@ -34,6 +35,10 @@ def main() -> None:
     ap.add_argument("--out", dest="n", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--recipes", default=None,
+                    help="comma-separated recipes to time (fp32 is always included); default: all")
+    ap.add_argument("--no-breakdown", action="store_true",
+                    help="only the recipe ratios: skip torch, the saved-state table, the wang2025 breakdown and OCC")
     args = ap.parse_args()
     f4.set_num_threads(args.threads)
     T, K, N = args.tokens, args.k, args.n
@@ -45,11 +50,16 @@ def main() -> None:
     dy = rng.standard_normal((T, N), dtype=np.float32)
     reps = args.repeats
 
-    fns = {name: (lambda name=name: fwd_bwd(x, w, b, dy, name)) for name in f4.recipes()}
+    names = f4.recipes() if args.recipes is None else ["fp32"] + [r for r in args.recipes.split(",") if r and r != "fp32"]
+    fns = {name: (lambda name=name: fwd_bwd(x, w, b, dy, name)) for name in names}
     medians = interleaved_medians(fns, reps)
     t_fp32 = medians["fp32"]
     targets = {"wang2025": "<= 1.10x", "quartet": "<= 1.5x"}
     rows = [(f"{name} recipe", f"{t / t_fp32:.2f}x", targets.get(name, "")) for name, t in medians.items()]
+    if args.no_breakdown:
+        print_table(f"forward+backward time relative to the fp32 recipe (T={T}, K={K}, N={N}, {args.threads} threads, "
+                    f"median of {reps}, fp32 {t_fp32 * 1e3:.0f} ms)", ["layer", "time ratio", "target"], rows)
+        return
     try:
         import torch
 

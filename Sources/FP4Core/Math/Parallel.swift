@@ -1,4 +1,5 @@
 import Dispatch
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -30,12 +31,16 @@ public enum Parallel {
             for c in 0..<chunks { body((c * g)..<Swift.min(count, (c + 1) * g)) }
             return
         }
+        // Workers take the next chunk from a shared counter: on a shared machine, a worker
+        // that is descheduled leaves its chunks to the others instead of holding up the join.
+        // The chunks themselves are fixed, so results do not depend on who runs which.
+        let next = ChunkCounter()
         withoutActuallyEscaping(body) { body in
-            DispatchQueue.concurrentPerform(iterations: workers) { w in
-                var c = w
-                while c < chunks {
+            DispatchQueue.concurrentPerform(iterations: workers) { _ in
+                while true {
+                    let c = next.value.wrappingAdd(1, ordering: .relaxed).oldValue
+                    guard c < chunks else { break }
                     body((c * g)..<Swift.min(count, (c + 1) * g))
-                    c += workers
                 }
             }
         }
@@ -45,4 +50,9 @@ public enum Parallel {
     public static func grain(count: Int, minItems: Int) -> Int {
         Swift.max(minItems, (count + 4 * threadCount - 1) / (4 * threadCount))
     }
+}
+
+/// The next chunk index of one `Parallel.forChunks` call.
+final class ChunkCounter: Sendable {
+    let value = Atomic<Int>(0)
 }

@@ -116,19 +116,30 @@ public enum Hadamard {
     @inline(__always)
     static func segment32(_ x: UnsafePointer<Float>, _ p: UnsafeMutablePointer<Float>, _ norm: Float,
                           _ signs: UnsafePointer<Float>?, _ inverse: Bool) {
-        var v0 = load8(x), v1 = load8(x + 8), v2 = load8(x + 16), v3 = load8(x + 24)
-        if let d = signs, !inverse {
-            v0 *= load8(d); v1 *= load8(d + 8); v2 *= load8(d + 16); v3 *= load8(d + 24)
+        if !inverse {
+            rotate32(Block32(x), signs: signs.map { Block32($0) }, norm: norm).store(p)
+            return
+        }
+        var y = rotate32(Block32(x), signs: nil, norm: norm)
+        if let d = signs { y.multiply(by: Block32(d)) }
+        y.store(p)
+    }
+
+    /// The forward rotation of one 32-segment held in registers: (x·diag(d))·H_32, or x·H_32
+    /// without signs; `norm` is 1/√32. The same stages in the same order as every other
+    /// path of `transform`, so the same bits (fused kernels rotate a block this way while it
+    /// is in registers, then quantize it there).
+    @inline(__always)
+    static func rotate32(_ x: Block32, signs: Block32?, norm: Float) -> Block32 {
+        var v0 = x.v0, v1 = x.v1, v2 = x.v2, v3 = x.v3
+        if let d = signs {
+            v0 *= d.v0; v1 *= d.v1; v2 *= d.v2; v3 *= d.v3
         }
         v0 = h8(v0); v1 = h8(v1); v2 = h8(v2); v3 = h8(v3)
-        var w0 = v0 + v1, w1 = v0 - v1, w2 = v2 + v3, w3 = v2 - v3  // h = 8
+        let w0 = v0 + v1, w1 = v0 - v1, w2 = v2 + v3, w3 = v2 - v3  // h = 8
         v0 = w0 + w2; v2 = w0 - w2; v1 = w1 + w3; v3 = w1 - w3      // h = 16
         let n = SIMD8<Float>(repeating: norm)
-        w0 = v0 * n; w1 = v1 * n; w2 = v2 * n; w3 = v3 * n
-        if let d = signs, inverse {
-            w0 *= load8(d); w1 *= load8(d + 8); w2 *= load8(d + 16); w3 *= load8(d + 24)
-        }
-        store8(w0, p); store8(w1, p + 8); store8(w2, p + 16); store8(w3, p + 24)
+        return Block32(v0 * n, v1 * n, v2 * n, v3 * n)
     }
 
     @inline(__always)
@@ -172,5 +183,33 @@ public enum Hadamard {
             }
             h *= 2
         }
+    }
+}
+
+/// 32 consecutive floats (one Hadamard segment, one MXFP4 group) in four SIMD8 registers.
+struct Block32 {
+    var v0: SIMD8<Float>, v1: SIMD8<Float>, v2: SIMD8<Float>, v3: SIMD8<Float>
+
+    @inline(__always)
+    init(_ v0: SIMD8<Float>, _ v1: SIMD8<Float>, _ v2: SIMD8<Float>, _ v3: SIMD8<Float>) {
+        (self.v0, self.v1, self.v2, self.v3) = (v0, v1, v2, v3)
+    }
+
+    @inline(__always)
+    init(_ p: UnsafePointer<Float>) {
+        self.init(Hadamard.load8(p), Hadamard.load8(p + 8), Hadamard.load8(p + 16), Hadamard.load8(p + 24))
+    }
+
+    @inline(__always)
+    init(_ p: UnsafeMutablePointer<Float>) { self.init(UnsafePointer(p)) }
+
+    @inline(__always)
+    func store(_ p: UnsafeMutablePointer<Float>) {
+        Hadamard.store8(v0, p); Hadamard.store8(v1, p + 8); Hadamard.store8(v2, p + 16); Hadamard.store8(v3, p + 24)
+    }
+
+    @inline(__always)
+    mutating func multiply(by d: Block32) {
+        v0 *= d.v0; v1 *= d.v1; v2 *= d.v2; v3 *= d.v3
     }
 }

@@ -36,12 +36,32 @@ public struct DGE: Sendable {
 
     /// out[i] = f'(v[i]) for a buffer.
     public func derivatives(_ v: UnsafePointer<Float>, count: Int, into out: UnsafeMutablePointer<Float>) {
-        // On the calling thread: run through Parallel.forChunks on 2 threads this loop took
-        // 7x the CPU time (3.5x the wall time) of one thread, for reasons not yet understood
-        // (not page faults, not denormals, not the captured kernel). One thread does 4M
-        // elements in about 17 ms.
+        // The loop lives in a function of its own: written inline in the closure, it read the
+        // kernel's constants from the closure context on every element (a store to out[i]
+        // might change them), so LLVM kept it scalar and branchy: 8x the CPU time.
         let kern = kernel
-        for i in 0..<count { out[i] = kern.derivative(v[i]) }
+        Parallel.forChunks(count: count, grain: Parallel.grain(count: count, minItems: 1 << 15)) { range in
+            kern.derivatives(v + range.lowerBound, into: out + range.lowerBound, count: range.count)
+        }
+    }
+
+    /// g ⊙= f'(W / s_w) over a weight gradient, group by group (row-major [rows, cols] with
+    /// the layout of `scales`), v computed exactly as the quantizer computes it. With
+    /// `clampToRange`, |v| counts as at most fmax (the scale rule cannot clip; see
+    /// ScaleRule.neverClips), so a group's largest weight keeps its gradient. An all-zero
+    /// weight group sits at v = 0, a grid point: f' = 1/k. Parallel over rows; every element
+    /// is computed alone, so the result does not depend on the thread count.
+    public func scaleGradient(_ g: UnsafeMutablePointer<Float>, weight w: UnsafePointer<Float>, scales ts: TensorScales,
+                              clampToRange: Bool) {
+        let L = ts.layout, kern = kernel
+        guard L.count > 0 else { return }
+        ts.groups.withUnsafeBufferPointer { gs in
+            guard let gp = gs.baseAddress else { return }
+            let grain = Parallel.grain(count: L.rows, minItems: Swift.max(1, 16384 / Swift.max(1, L.cols)))
+            Parallel.forChunks(count: L.rows, grain: grain) { rows in
+                kern.scaleGradientRows(g, w, L, gp, rows, clampToRange: clampToRange)
+            }
+        }
     }
 }
 
@@ -66,12 +86,31 @@ struct DGEKernel {
 
     @inline(__always)
     func derivative(_ v: Float) -> Float {
+        DGEKernel.derivative(v, fmax: grid.maxValue, manBits: grid.manBits, minExponent: grid.minExponent, k: k,
+                             clamp: clamp, exponent: exponent, lastInterval: lastInterval, atMidpoint: atMidpoint)
+    }
+
+    /// f'(v) from the kernel's constants as plain scalars. Loops call this with constants
+    /// read into locals first: DGEKernel is large enough to be passed by address, and a loop
+    /// that reads its fields through that address (which a store to the output might
+    /// change, as far as LLVM knows) stays scalar and branchy. That was the 8x slowdown of
+    /// the DGE loop under Parallel.forChunks: the kernel then lived in the closure context.
+    @inline(__always)
+    static func derivative(_ v: Float, fmax: Float, manBits: Int32, minExponent: Int32, k: Float, clamp: Float,
+                           exponent: Float, lastInterval: Float, atMidpoint: Float) -> Float {
         let a = abs(v)
-        let (lo, delta) = interval(Swift.min(a, grid.maxValue))
-        let t = abs(2 * (Swift.min(a, grid.maxValue) - lo) / delta - 1)
+        let m = Swift.min(a, fmax)
+        // interval(m): binade e, quantum δ = 2^(e − manBits), left end floor(m / δ)·δ.
+        let e = Swift.max(Int32(bitPattern: m.bitPattern >> 23) &- 127, minExponent)
+        let quantum = Float(bitPattern: UInt32(bitPattern: 127 &- manBits &+ e) << 23)
+        let units = Float(bitPattern: UInt32(bitPattern: 127 &+ manBits &- e) << 23)
+        let atMax = m >= fmax
+        let lo = atMax ? fmax - lastInterval : (m * units).rounded(.down) * quantum
+        let delta = atMax ? lastInterval : quantum
+        let t = abs(2 * (m - lo) / delta - 1)
         // (1/k)·|t|^(1/k − 1), clamped; t = 0 (interval midpoint) is taken separately.
         let d = Swift.min(exp2Approx(exponent * log2Approx(t)) / k, clamp)
-        return a > grid.maxValue ? 0 : (t == 0 ? atMidpoint : d)
+        return a > fmax ? 0 : (t == 0 ? atMidpoint : d)
     }
 
     func surrogate(_ v: Float) -> Float {
@@ -83,13 +122,47 @@ struct DGEKernel {
         return withSign(of: v, lo + f)
     }
 
+    /// out[i] = f'(v[i]) for i in 0..<n (constants read into locals first: see `derivative`).
+    func derivatives(_ v: UnsafePointer<Float>, into out: UnsafeMutablePointer<Float>, count n: Int) {
+        let fmax = grid.maxValue, mb = grid.manBits, me = grid.minExponent, k = k, c = clamp
+        let ex = exponent, last = lastInterval, mid = atMidpoint
+        for i in 0..<n {
+            out[i] = DGEKernel.derivative(v[i], fmax: fmax, manBits: mb, minExponent: me, k: k, clamp: c,
+                                          exponent: ex, lastInterval: last, atMidpoint: mid)
+        }
+    }
+
+    /// `DGE.scaleGradient` on the rows `rows`.
+    func scaleGradientRows(_ g: UnsafeMutablePointer<Float>, _ w: UnsafePointer<Float>, _ L: GroupLayout,
+                           _ gs: UnsafePointer<GroupScale>, _ rows: Range<Int>, clampToRange: Bool) {
+        let atZero = derivative(0)
+        for r in rows {
+            let gbase = (r / L.groupRows) * L.tileCols
+            for j in 0..<L.tileCols {
+                let start = r * L.cols + j * L.groupCols
+                let s = gs[gbase + j]
+                if s.isZero {
+                    let gr = g + start
+                    for i in 0..<L.groupCols { gr[i] *= atZero }
+                } else {
+                    scaleGradient(g, w, start..<(start + L.groupCols), scale: s.scale, clampToRange: clampToRange)
+                }
+            }
+        }
+    }
+
     /// g[i] *= f'(w[i] / s) over one scale group, v = w / s computed exactly as the quantizer
     /// does; with `clampToRange`, |v| is first limited to the grid's max.
     @inline(__always)
     func scaleGradient(_ g: UnsafeMutablePointer<Float>, _ w: UnsafePointer<Float>, _ range: Range<Int>, scale s: Float,
                        clampToRange: Bool) {
         let limit = clampToRange ? grid.maxValue : .infinity
-        for i in range { g[i] *= derivative(Swift.min(Swift.max(w[i] / s, -limit), limit)) }
+        let fmax = grid.maxValue, mb = grid.manBits, me = grid.minExponent, k = k, c = clamp
+        let ex = exponent, last = lastInterval, mid = atMidpoint
+        for i in range {
+            g[i] *= DGEKernel.derivative(Swift.min(Swift.max(w[i] / s, -limit), limit), fmax: fmax, manBits: mb,
+                                         minExponent: me, k: k, clamp: c, exponent: ex, lastInterval: last, atMidpoint: mid)
+        }
     }
 }
 

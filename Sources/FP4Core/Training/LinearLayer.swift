@@ -40,13 +40,6 @@ public struct LinearSavedSizes: Sendable, Equatable {
     public var residualRows: Int
 }
 
-/// Float32 scratch memory for one call.
-final class Scratch {
-    let pointer: UnsafeMutablePointer<Float>
-    init(_ count: Int) { pointer = .allocate(capacity: Swift.max(count, 1)) }
-    deinit { pointer.deallocate() }
-}
-
 /// A GEMM operand: the input itself when its quantizer is nil (float32), otherwise its
 /// fake-quantized copy in scratch memory, with the scales used.
 struct Operand {
@@ -110,25 +103,43 @@ public enum LinearLayer {
         if let q = recipe.input {
             var source = x
             var clamped: Scratch?
+            // The OCC clamp applied inside the quantizer, row by row (no float32 X_c buffer).
+            var clampInQuantizer: (thresholds: [OCCThresholds], perRow: Bool, minMax: Bool)?
             if let occ = recipe.occ {
                 let thresholds = try OCC.thresholds(x, rows: T, cols: K, alpha: occ.alpha, perRow: occ.perRow)
-                let xc = Scratch(T * K)
+                let compensated = occ.compensate && sizes.residualCapacity > 0
+                let xc: Scratch? = recipe.savesForwardInput && q.clampsWhileQuantizing(rows: T, cols: K) ? nil : Scratch(T * K)
                 clamped = xc
-                if occ.compensate && sizes.residualCapacity > 0 {
+                if compensated {
                     guard let ip = saved.residualIndptr, let ix = saved.residualIndices, let vs = saved.residualValues else {
                         throw FP4Error.invalid("OCC compensation needs the residual buffers of the saved state")
                     }
-                    saved.residualNNZ = try OCC.clampAndResidual(x, rows: T, cols: K, thresholds: thresholds, clamped: xc.pointer,
+                    saved.residualNNZ = try OCC.clampAndResidual(x, rows: T, cols: K, thresholds: thresholds, clamped: xc?.pointer,
                                                                  indptr: ip, indices: ix, values: vs, capacity: saved.residualCapacity)
-                } else {
+                } else if let xc {
                     // No compensation, or a group too small for any value to lie outside its thresholds.
                     clampOnly(x, T, K, thresholds, occ.perRow, into: xc.pointer)
                 }
-                source = UnsafePointer(xc.pointer)
+                if let xc {
+                    source = UnsafePointer(xc.pointer)
+                } else {
+                    // The clamp expression of the path it replaces (they differ only in signed zeros).
+                    clampInQuantizer = (thresholds, occ.perRow, !compensated)
+                }
             }
             let buffer = Scratch(T * K)
             xq = buffer
-            if recipe.savesForwardInput {
+            if let c = clampInQuantizer {
+                guard let codes = saved.xCodes, let scalesOut = saved.xScales else {
+                    throw FP4Error.invalid("a quantized input needs the code and scale buffers of the saved state")
+                }
+                guard let ts = try q.quantizeClamped(x, rows: T, cols: K, thresholds: c.thresholds, perRow: c.perRow, minMax: c.minMax,
+                                                     codes: codes, dequantized: buffer.pointer) else {
+                    throw FP4Error.invalid("internal: the input quantizer cannot clamp while quantizing")
+                }
+                for g in 0..<ts.groups.count { scalesOut[g] = ts.groups[g].scale }
+                saved.xTensorScale = ts.tensorScale
+            } else if recipe.savesForwardInput {
                 try saveInput(q, source, rows: T, cols: K, saved: &saved, dequantized: buffer.pointer)
             } else {
                 try q.fakeQuantize(source, rows: T, cols: K, into: buffer.pointer, nonFinite: .raise)
@@ -224,7 +235,9 @@ public enum LinearLayer {
             withExtendedLifetime(xd) {}
             if let cfg = recipe.dge, let q = recipe.weight, let ts = wScales {
                 let dge = try DGE(format: q.format, k: cfg.k, clamp: cfg.clamp)
-                applyDGE(dge, gradient: dw, weight: w, scales: ts, clampToRange: q.scaleRule.neverClips)
+                // dW ⊙ f'(W / s_w) with v computed exactly as the quantizer computes it;
+                // |v| counts as at most fmax when the scale rule cannot clip (ScaleRule.neverClips).
+                dge.scaleGradient(dw, weight: w, scales: ts, clampToRange: q.scaleRule.neverClips)
             }
         }
 
@@ -259,32 +272,6 @@ public enum LinearLayer {
         let xr = try operand(x, rows: K, input, nonFinite: .propagate)
         BLAS.gemm(transA: false, transB: true, m: N, n: K, k: tp, a: g.pointer, b: xr.pointer, c: dw)
         withExtendedLifetime((g, xr)) {}
-    }
-
-    /// dW ⊙ f'(W / s_w), group by group, v computed exactly as the quantizer computes it.
-    /// `clampToRange`: |v| counts as at most fmax (the scale rule cannot clip; see
-    /// ScaleRule.neverClips), so a group's largest weight keeps its gradient.
-    static func applyDGE(_ dge: DGE, gradient g: UnsafeMutablePointer<Float>, weight w: UnsafePointer<Float>,
-                         scales ts: TensorScales, clampToRange: Bool) {
-        // On the calling thread, like DGE.derivatives (2 workers ran this loop 3.5x slower).
-        let L = ts.layout, kernel = dge.kernel
-        ts.groups.withUnsafeBufferPointer { gs in
-            for r in 0..<L.rows {
-                let gbase = (r / L.groupRows) * L.tileCols
-                for j in 0..<L.tileCols {
-                    let start = r * L.cols + j * L.groupCols
-                    let range = start..<(start + L.groupCols)
-                    let s = gs[gbase + j]
-                    if s.isZero {
-                        // An all-zero weight group sits at v = 0, a grid point: f' = 1/k.
-                        let d = kernel.derivative(0)
-                        for i in range { g[i] *= d }
-                    } else {
-                        kernel.scaleGradient(g, w, range, scale: s.scale, clampToRange: clampToRange)
-                    }
-                }
-            }
-        }
     }
 
     static func scatterResidual(_ saved: LinearSaved, rows: Int, cols: Int, into x: UnsafeMutablePointer<Float>) {
