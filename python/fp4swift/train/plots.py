@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from typing import Any, Dict, List, Optional
 
 import numpy as np
+
+from .files import atomic_write
 
 
 def _ema(values: List[float], beta: float = 0.9) -> np.ndarray:
@@ -31,24 +32,10 @@ def _pyplot() -> Any:
 
 def _save(fig: Any, path: str, plt: Any) -> str:
     """Saves the figure atomically with the usual file mode, and closes it."""
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".png", dir=d)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        m = os.umask(0o022)
-        os.umask(m)
-        os.chmod(tmp, 0o666 & ~m)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110), suffix=".png")
     finally:
         plt.close(fig)
-    return path
 
 
 def plot_scaling(path: str, fit: Any) -> Optional[str]:

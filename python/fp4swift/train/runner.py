@@ -35,7 +35,6 @@ import math
 import os
 import signal
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -45,6 +44,7 @@ import torch
 from torch import nn
 
 from .data import Corpus, DataError, check_seq_len, load_corpus, train_batch, val_batches
+from .files import atomic_write_bytes, atomic_write_text
 from .model import ARCHS, ModelConfig, build_model, count_parameters
 
 CHECKPOINT_VERSION = 1
@@ -360,38 +360,10 @@ def evaluate(model: nn.Module, batches: List[Tuple[np.ndarray, np.ndarray]]) -> 
 # files
 
 
-def _umask() -> int:
-    m = os.umask(0o022)
-    os.umask(m)
-    return m
-
-
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    _atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def atomic_torch_save(obj: Any, path: str) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
-    _atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _fmt(v: Any) -> str:

@@ -33,11 +33,12 @@ import json
 import math
 import os
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from .files import atomic_write_text
 
 LAW = "L(N, D) = (A/(N*effN)^alpha + B/(D*effD)^beta)^gamma + E"
 PARAM_NAMES = ("A", "alpha", "B", "beta", "gamma", "E")
@@ -545,25 +546,6 @@ def write_outputs(out: str, f: ScalingFit) -> Dict[str, Optional[str]]:
 
     png = plot_scaling(os.path.join(out, "scaling_law.png"), f)
     return {"json": js, "csv": cs, "png": png}
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """Writes via a temporary file and a rename (no torch import, unlike runner's twin)."""
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        m = os.umask(0o022)
-        os.umask(m)
-        os.chmod(tmp, 0o666 & ~m)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def scaling_law_command(args: Any) -> int:
