@@ -18,11 +18,17 @@ def _is_ml_dtypes_float(dtype: np.dtype) -> bool:
     return mod.startswith("ml_dtypes") and "float" in dtype.name
 
 
+_F32 = np.dtype(np.float32)
+
+
 def as_float32(x: Any, name: str = "x") -> np.ndarray:
     """x as a C-contiguous float32 array, copied at most once.
 
     Accepts float16/32/64 and ml_dtypes floats (bfloat16, ...); other dtypes raise TypeError.
     """
+    # Fast path (the per-call hot path of the linear layer): already what np.asarray would return.
+    if type(x) is np.ndarray and x.dtype is _F32 and x.flags.c_contiguous:
+        return x
     if isinstance(x, np.ndarray):
         arr = x
     else:
@@ -41,23 +47,61 @@ def as_float32(x: Any, name: str = "x") -> np.ndarray:
 
 def as_matrix_shape(shape: Tuple[int, ...]) -> Tuple[int, int]:
     """The [rows, cols] view of a shape: last axis = columns, a 0-d or 1-d array is one row."""
-    if len(shape) == 0:
+    n = len(shape)
+    if n == 2:
+        return int(shape[0]), int(shape[1])
+    if n == 0:
         return 1, 1
     cols = int(shape[-1])
-    rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
+    rows = int(np.prod(shape[:-1], dtype=np.int64)) if n > 1 else 1
     return rows, cols
 
 
+# Pointers to array data. `a.ctypes.data_as(P)` costs ~3 µs and leaves a reference cycle per
+# call (ctypes.cast stores the source pointer in its own _objects, bpo-12836; numpy's comment in
+# _ctypes.data_as), i.e. work for the cyclic GC. `T.from_buffer(a)` is a ctypes object over the
+# array's memory (~0.4 µs, no cycle) that keeps a buffer export, hence the array, alive as long
+# as it lives; a POINTER(T) argument accepts it (ctypes applies byref). It needs a writable,
+# non-empty C-contiguous buffer: read-only or empty arrays take the data_as path.
+
+
+def carg(a: np.ndarray, ctype: Any, ptype: Any) -> Any:
+    """An argument for a POINTER(ctype) parameter pointing at a's data (keeps a alive)."""
+    try:
+        return ctype.from_buffer(a)
+    except (TypeError, ValueError, BufferError):
+        return a.ctypes.data_as(ptype)
+
+
+def cptr(a: np.ndarray, ctype: Any, ptype: Any) -> Any:
+    """A POINTER(ctype) instance pointing at a's data (keeps a alive), e.g. for a struct field."""
+    try:
+        return ptype(ctype.from_buffer(a))
+    except (TypeError, ValueError, BufferError):
+        return a.ctypes.data_as(ptype)
+
+
 def fptr(a: np.ndarray) -> Any:
-    return a.ctypes.data_as(_native.f32p)
+    return cptr(a, ctypes.c_float, _native.f32p)
+
+
+def farg(a: np.ndarray) -> Any:
+    """fptr for a function argument only (cheaper: no pointer object)."""
+    try:
+        return _C_FLOAT_FROM_BUFFER(a)
+    except (TypeError, ValueError, BufferError):
+        return a.ctypes.data_as(_native.f32p)
+
+
+_C_FLOAT_FROM_BUFFER = ctypes.c_float.from_buffer
 
 
 def u8ptr(a: np.ndarray) -> Any:
-    return a.ctypes.data_as(_native.u8p)
+    return cptr(a, ctypes.c_uint8, _native.u8p)
 
 
 def f64ptr(a: np.ndarray) -> Any:
-    return a.ctypes.data_as(_native.f64p)
+    return cptr(a, ctypes.c_double, _native.f64p)
 
 
 def i64ref(v: ctypes.c_int64) -> Any:

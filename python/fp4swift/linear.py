@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import numpy as np
 
 from . import _native
-from ._arrays import as_float32, as_matrix_shape, check_choice, fptr
+from ._arrays import as_float32, as_matrix_shape, carg, check_choice, cptr, farg, fptr
 from .quantization import FORMATS, QuantizerSpec
 from .roles import ROLES
 
@@ -258,6 +258,16 @@ class Recipe:
         return self.gradient is not None and self.gradient.fmt == "e5m2"
 
     def validate(self) -> None:
+        if self.__dict__.get("_valid"):  # fields are frozen: a recipe that passed once stays valid
+            return
+        self._validate()
+        object.__setattr__(self, "_valid", True)
+
+    def __getstate__(self) -> Dict[str, Any]:
+        # pickle / copy / deepcopy: the fields only, not the caches (_valid, _c)
+        return {k: v for k, v in self.__dict__.items() if k not in _RECIPE_CACHES}
+
+    def _validate(self) -> None:
         check_choice(self.kind, RECIPE_KINDS, "recipe kind")
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or not 0 <= int(self.seed) < 2**64:
             raise ValueError(f"seed must be an int in [0, 2**64), got {self.seed!r}")
@@ -308,6 +318,44 @@ class Recipe:
 
 
 RECIPE_KINDS = ["linear", "quartet"]
+_RECIPE_CACHES = ("_valid", "_c")
+
+
+class _RecipeC:
+    """A linear recipe's C form, built once per Recipe object (its fields are frozen) and
+    shared read-only by every call; plus what each call needs from it and the saved-state sizes
+    per (tokens, in_features) the library computed for it."""
+
+    __slots__ = ("struct", "ref", "grad_seed", "grad_stochastic", "sizes")
+
+    def __init__(self, recipe: Recipe) -> None:
+        self.struct = recipe.to_c()
+        self.ref = ctypes.byref(self.struct)
+        g = recipe.gradient
+        self.grad_seed = int(g.seed) if g is not None else 0
+        self.grad_stochastic = g is not None and g.rounding == "stochastic"
+        self.sizes: Dict[Tuple[int, int], Tuple[int, int, int]] = {}
+
+    def saved_sizes(self, tokens: int, in_features: int) -> Tuple[int, int, int]:
+        key = (tokens, in_features)
+        got = self.sizes.get(key)
+        if got is None:
+            lens = (ctypes.c_int64(), ctypes.c_int64(), ctypes.c_int64())
+            _native.check(_native.lib.fp4swift_linear_saved_sizes(tokens, in_features, self.ref,
+                                                                  *(ctypes.byref(v) for v in lens)))
+            got = (lens[0].value, lens[1].value, lens[2].value)
+            if len(self.sizes) >= 64:  # many shapes (e.g. varying sequence lengths): stay bounded
+                self.sizes.clear()
+            self.sizes[key] = got
+        return got
+
+
+def _recipe_c(recipe: Recipe) -> _RecipeC:
+    c = recipe.__dict__.get("_c")
+    if c is None:
+        c = _RecipeC(recipe)
+        object.__setattr__(recipe, "_c", c)
+    return c
 
 
 # dY in FP8: e5m2 with a per-tensor power-of-two scale (MS-AMP), RNE; NaN/inf propagate.
@@ -414,25 +462,21 @@ class LinearSaved:
         self.w = w
         self.has_bias = has_bias
         self.x: Optional[np.ndarray] = None
-        g = recipe.gradient
+        rc = _recipe_c(recipe)
         #: Seed of the backward's stochastic rounding of dY: the recipe's, mixed with this
         #: forward's call number, so every forward/backward pair draws afresh and a retained
         #: backward repeats its draws.
-        self.gradient_seed = _call_seed(g.seed, next(_CALLS)) if g is not None and g.rounding == "stochastic" \
-            else (g.seed if g is not None else 0)
-        c = recipe.to_c()
-        lens = [ctypes.c_int64() for _ in range(3)]
-        _native.check(_native.lib.fp4swift_linear_saved_sizes(tokens, in_features, ctypes.byref(c),
-                                                              *(ctypes.byref(v) for v in lens)))
-        codes_len, scales_len, cap = (v.value for v in lens)
+        self.gradient_seed = _call_seed(rc.grad_seed, next(_CALLS)) if rc.grad_stochastic else rc.grad_seed
+        codes_len, scales_len, cap = rc.saved_sizes(tokens, in_features)
         self.x_codes = np.empty(codes_len, dtype=np.uint8)
         self.x_scales = np.empty(scales_len, dtype=np.float32)
         self.residual_indptr = np.zeros(tokens + 1 if cap else 0, dtype=np.int64)
         self.residual_indices = np.empty(cap, dtype=np.int32)
         self.residual_values = np.empty(cap, dtype=np.float32)
         self.struct = _native.LinearSaved(
-            self.x_codes.ctypes.data_as(_native.u8p), codes_len, fptr(self.x_scales), scales_len, 1.0,
-            _i64p(self.residual_indptr) if cap else None, _i32p(self.residual_indices) if cap else None,
+            cptr(self.x_codes, ctypes.c_uint8, _native.u8p), codes_len, fptr(self.x_scales), scales_len, 1.0,
+            cptr(self.residual_indptr, ctypes.c_int64, _native.i64p) if cap else None,
+            cptr(self.residual_indices, ctypes.c_int32, _native.i32p) if cap else None,
             fptr(self.residual_values) if cap else None, cap, 0)
         self.consumed = False
 
@@ -554,9 +598,10 @@ def linear_forward(x: Any, w: Any, b: Any = None, recipe: Any = "wang2025") -> T
     if r.saved_input is None:
         saved.x = xa
     y = np.empty(xa.shape[:-1] + (N,), dtype=np.float32)
-    c = r.to_c()
-    _native.check(_native.lib.fp4swift_linear_forward(fptr(xa), T, K, fptr(wa), N, fptr(ba) if ba is not None else None,
-                                                      ctypes.byref(c), fptr(y), ctypes.byref(saved.struct)))
+    status = _native.lib.fp4swift_linear_forward(farg(xa), T, K, farg(wa), N, farg(ba) if ba is not None else None,
+                                                 _recipe_c(r).ref, farg(y), ctypes.byref(saved.struct))
+    if status:
+        _native.check(status)
     return y, saved
 
 
@@ -589,12 +634,19 @@ def linear_backward(dy: Any, saved: LinearSaved, retain: bool = False, compute_d
         if not retain:
             saved.release()
         return dx, dw, db
-    c = saved.recipe.to_c()
-    c.gradient.seed = saved.gradient_seed
-    _native.check(_native.lib.fp4swift_linear_backward(
-        fptr(g), T, N, fptr(saved.x) if saved.x is not None else None, fptr(saved.w), K, ctypes.byref(c),
-        ctypes.byref(saved.struct), fptr(dx) if dx is not None else None, fptr(dw) if dw is not None else None,
-        fptr(db) if db is not None else None))
+    rc = _recipe_c(saved.recipe)
+    if saved.gradient_seed == rc.grad_seed:
+        c = rc.ref  # the shared struct, read-only
+    else:  # a per-call seed: a copy of the struct with it
+        cs = _native.LinearRecipe.from_buffer_copy(rc.struct)
+        cs.gradient.seed = saved.gradient_seed
+        c = ctypes.byref(cs)
+    status = _native.lib.fp4swift_linear_backward(
+        farg(g), T, N, farg(saved.x) if saved.x is not None else None, farg(saved.w), K, c,
+        ctypes.byref(saved.struct), farg(dx) if dx is not None else None, farg(dw) if dw is not None else None,
+        farg(db) if db is not None else None)
+    if status:
+        _native.check(status)
     if not retain:
         saved.release()
     return dx, dw, db

@@ -44,6 +44,9 @@ def _as_numpy_f32(t: Optional[torch.Tensor], name: str) -> Optional[np.ndarray]:
     """A float32 numpy view of a CPU tensor (zero-copy when it already is contiguous float32)."""
     if t is None:
         return None
+    # Fast path (every call of the layer): a contiguous float32 CPU tensor, viewed as is.
+    if t.dtype is torch.float32 and t.is_cpu and t.is_contiguous():
+        return (t.detach() if t.requires_grad else t).numpy()
     if t.device.type != "cpu":
         raise TypeError(f"{name} is on {t.device}; fp4swift's kernels run on the CPU: move the model and data with .cpu()")
     if not t.is_floating_point():
@@ -79,14 +82,15 @@ class FP4LinearFunction(torch.autograd.Function):
         dx, dw, db = linear_backward(_as_numpy_f32(dy, "grad_output"), saved, retain=True,
                                      compute_dx=need_x, compute_dw=need_w)
         x_dtype, w_dtype, b_dtype = ctx.dtypes
+        return _back(dx, need_x, x_dtype), _back(dw, need_w, w_dtype), _back(db, need_b, b_dtype), None
 
-        def back(a: Optional[np.ndarray], need: bool, dtype: Optional[torch.dtype]) -> Optional[torch.Tensor]:
-            if a is None or not need:
-                return None
-            t = torch.from_numpy(a)
-            return t if dtype == torch.float32 else t.to(dtype)
 
-        return back(dx, need_x, x_dtype), back(dw, need_w, w_dtype), back(db, need_b, b_dtype), None
+def _back(a: Optional[np.ndarray], need: bool, dtype: Optional[torch.dtype]) -> Optional[torch.Tensor]:
+    """A gradient as a tensor of its input's dtype (None when not needed)."""
+    if a is None or not need:
+        return None
+    t = torch.from_numpy(a)
+    return t if dtype == torch.float32 else t.to(dtype)
 
 
 class FP4Linear(nn.Linear):
