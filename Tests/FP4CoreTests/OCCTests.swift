@@ -396,6 +396,92 @@ final class OCCTests: XCTestCase {
         }
     }
 
+    // MARK: - Tail select and short-row tails (the fast paths, against sorted keys)
+
+    /// Data kinds for the fast paths: typical activations (where they must decide) and inputs
+    /// built to defeat the sample (where they may decline but must never be wrong).
+    static func tailCases(_ n: Int, _ rng: inout TestRNG) -> [(String, [Float], Bool)] {
+        let g = (0..<n).map { _ in gaussian(&rng) }
+        var chan = g
+        for i in stride(from: 0, to: n, by: 37) { chan[i] *= 50 }
+        return [
+            ("gaussian", g, true),
+            ("outlier channels", chan, true),
+            ("ascending", g.sorted(), true),
+            ("descending", Array(g.sorted().reversed()), true),
+            ("ties", (0..<n).map { _ in Float(Int.random(in: -3...3, using: &rng)) }, false),
+            ("signed zeros", (0..<n).map { _ in Bool.random(using: &rng) ? Float(-0.0) : 0 }, false),
+            ("zeros and a few values", (0..<n).map { i in i % 97 == 5 ? gaussian(&rng) : (i % 2 == 0 ? -0.0 : 0) }, false),
+            ("constant with two outliers", (0..<n).map { i in i == 3 ? -1e30 : (i == n - 2 ? 1e30 : 1.5) }, false),
+            ("clumped extremes", (0..<n).map { i in i < 40 ? -1e9 : (i >= n - 40 ? 1e9 : g[i]) }, false),
+            ("huge and tiny", (0..<n).map { _ in
+                [Float.greatestFiniteMagnitude, -.greatestFiniteMagnitude, .leastNonzeroMagnitude, -0.0, 1e-38, -1][Int.random(in: 0..<6, using: &rng)]
+            }, false),
+        ]
+    }
+
+    func testTailSelectIsExactOrDeclines() {
+        var (rng, seed) = TestRNG.fresh()
+        var typical = 0, decided = 0  // typical data: the sample should almost always be right
+        for n in [4096, 4097, 9000] {
+            for (name, x, mustDecide) in Self.tailCases(n, &rng) {
+                let keys = x.map { OCC.orderKey($0.bitPattern) }.sorted()
+                for a in [0.97, 0.99, 0.999, 1.0] {
+                    let (ra, rb) = OCC.quantileIndices(count: n, alpha: a)
+                    let what = "\(name) n \(n) alpha \(a) seed \(seed)"
+                    switch x.withUnsafeBufferPointer({ OCC.selectTails($0.baseAddress!, n, ra, rb) }) {
+                    case .keys(let ka, let kb):
+                        XCTAssertEqual(ka, keys[ra], what)
+                        XCTAssertEqual(kb, keys[rb], what)
+                    case .nonFinite: XCTFail("finite data reported non-finite: \(what)")
+                    case .undecided: break
+                    }
+                    if mustDecide {
+                        typical += 1
+                        if case .keys = x.withUnsafeBufferPointer({ OCC.selectTails($0.baseAddress!, n, ra, rb) }) { decided += 1 }
+                    }
+                    // A NaN or ±inf anywhere: never keys.
+                    for bad in [Float.nan, .infinity, -.infinity] {
+                        var y = x
+                        y[Int.random(in: 0..<n, using: &rng)] = bad
+                        if case .keys = y.withUnsafeBufferPointer({ OCC.selectTails($0.baseAddress!, n, ra, rb) }) {
+                            XCTFail("non-finite \(bad) not caught: \(what)")
+                        }
+                    }
+                }
+            }
+        }
+        XCTAssertGreaterThanOrEqual(decided * 10, typical * 9, "fast path declined \(typical - decided) of \(typical), seed \(seed)")
+        // Wide tails are left to the radix select.
+        let x = (0..<5000).map { _ in gaussian(&rng) }
+        let (ra, rb) = OCC.quantileIndices(count: 5000, alpha: 0.9)
+        if case .undecided = x.withUnsafeBufferPointer({ OCC.selectTails($0.baseAddress!, 5000, ra, rb) }) {} else {
+            XCTFail("tails of 10% should be declined")
+        }
+    }
+
+    func testShortRowTailsMatchSortedKeys() {
+        var (rng, seed) = TestRNG.fresh()
+        for n in [2, 3, 17, 49, 128, 352, 1000] {
+            for (name, x, _) in Self.tailCases(n, &rng) {
+                let keys = x.map { OCC.orderKey($0.bitPattern) }.sorted()
+                let scratch = UnsafeMutablePointer<UInt32>.allocate(capacity: n)
+                defer { scratch.deallocate() }
+                for _ in 0..<6 {
+                    let k1 = Int.random(in: 1...Swift.min(OCC.tailKeep, n - 1), using: &rng)
+                    let k2 = Int.random(in: 1...Swift.min(OCC.tailKeep, n - k1), using: &rng)
+                    let what = "\(name) n \(n) k1 \(k1) k2 \(k2) seed \(seed)"
+                    let got = x.withUnsafeBufferPointer { OCC.selectSmallTails($0.baseAddress!, n, k1, k2, keys: scratch) }
+                    XCTAssertEqual(got?.0, keys[k1 - 1], what)
+                    XCTAssertEqual(got?.1, keys[n - k2], what)
+                    var y = x
+                    y[Int.random(in: 0..<n, using: &rng)] = [Float.nan, .infinity, -.infinity][Int.random(in: 0..<3, using: &rng)]
+                    XCTAssertNil(y.withUnsafeBufferPointer { OCC.selectSmallTails($0.baseAddress!, n, k1, k2, keys: scratch) }, what)
+                }
+            }
+        }
+    }
+
     func randomCSR(rows: Int, cols: Int, density: Double, _ rng: inout TestRNG) -> CSR {
         var csr = CSR(indptr: [0], indices: [], values: [])
         for r in 0..<rows {
