@@ -35,6 +35,13 @@ enum ScratchPool {
     }()
     nonisolated(unsafe) private static var slots: [(pointer: UnsafeMutablePointer<Float>, capacity: Int)] = []
 
+    /// Capacities (in floats) of the buffers kept now, for tests.
+    static var keptCapacities: [Int] {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return slots.map(\.capacity)
+    }
+
     private static func isLarge(_ capacity: Int) -> Bool { capacity * MemoryLayout<Float>.size >= minLargeBytes }
 
     /// A buffer of at least `count` floats and its capacity.
