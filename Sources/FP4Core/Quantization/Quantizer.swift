@@ -635,7 +635,9 @@ extension Quantizer {
             ts.nonFinite.withUnsafeMutableBufferPointer { bp in
                 thresholds.withUnsafeBufferPointer { tb in
                     withRounder(ClampedRun(q: self, x: x, layout: L, th: tb.baseAddress!, perRow: perRowTh, minMax: minMax,
-                                           codes: codes, fake: dequantized, enc: enc, groups: gp.baseAddress!, bad: bp.baseAddress!))
+                                           codes: codes, fake: dequantized, enc: enc,
+                                           fp4: rounding == .nearestEven ? FP4NearestEven(format) : nil,
+                                           groups: gp.baseAddress!, bad: bp.baseAddress!))
                 }
             }
         }
@@ -650,22 +652,26 @@ extension Quantizer {
     struct ClampedRun: RounderVisitor {
         let q: Quantizer, x: UnsafePointer<Float>, layout: GroupLayout, th: UnsafePointer<OCCThresholds>, perRow: Bool
         let minMax: Bool, codes: UnsafeMutablePointer<UInt8>, fake: UnsafeMutablePointer<Float>?, enc: CodeWriter
+        /// Set for FP4 nearest-even: codes go straight into packed bytes (no scratch, no packing pass).
+        let fp4: FP4NearestEven?
         let groups: UnsafeMutablePointer<GroupScale>, bad: UnsafeMutablePointer<Bool>
         func visit<R: MagnitudeRounder>(_ rounder: R) {
             let L = layout, cols = L.cols, tc = L.tileCols, gc = L.groupCols
             let packed = q.format.isFP4, rule = q.scaleRule, fmt = q.format
-            let x = x, th = th, perRow = perRow, minMax = minMax, codes = codes, fake = fake, enc = enc
+            let x = x, th = th, perRow = perRow, minMax = minMax, codes = codes, fake = fake, enc = enc, fp4 = fp4
+            let direct = fp4 != nil
             let groups = groups, bad = bad
             // Chunks start at an even flat index so no two chunks share a packed byte.
             var grain = Parallel.grain(count: L.rows, minItems: Swift.max(1, 8192 / Swift.max(1, cols)))
             if packed && cols % 2 == 1 && grain % 2 == 1 { grain += 1 }
             Parallel.forChunks(count: L.rows, grain: grain) { rowRange in
                 let first = rowRange.lowerBound * cols, n = rowRange.count * cols
-                let scratch = packed ? UnsafeMutablePointer<UInt8>.allocate(capacity: Swift.max(n, 1)) : codes + first
+                let useScratch = packed && !direct
+                let scratch = useScratch ? UnsafeMutablePointer<UInt8>.allocate(capacity: Swift.max(n, 1)) : codes + first
                 let tile = UnsafeMutablePointer<Float>.allocate(capacity: cols)
                 let amax = UnsafeMutablePointer<UInt32>.allocate(capacity: Swift.max(tc, 1))
                 defer {
-                    if packed { scratch.deallocate() }
+                    if useScratch { scratch.deallocate() }
                     tile.deallocate()
                     amax.deallocate()
                 }
@@ -685,7 +691,13 @@ extension Quantizer {
                         }
                         let s = rule.groupScale(amax: Float(bitPattern: amax[j]), format: fmt, tensorScale: 1)
                         groups[g] = s
-                        if s.isZero {
+                        if let fp4 {
+                            if s.isZero {
+                                Quantizer.zeroSegmentPacked(src, codes, fake, start..<end)
+                            } else {
+                                Quantizer.codeSegmentPacked(src, codes, fake, start..<end, DivideScaling(s: s.scale), fp4)
+                            }
+                        } else if s.isZero {
                             for i in start..<end { dst[i] = src[i].sign == .minus ? enc.signBit : 0 }
                             if let fake { for i in start..<end { fake[i] = src[i] * 0 } }
                         } else {
@@ -693,7 +705,7 @@ extension Quantizer {
                         }
                     }
                 }
-                if packed { packNibbles(scratch, count: n, into: codes + first / 2) }
+                if useScratch { packNibbles(scratch, count: n, into: codes + first / 2) }
             }
         }
     }

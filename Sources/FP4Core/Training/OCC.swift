@@ -1,6 +1,9 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+#if arch(x86_64)
+import _Builtin_intrinsics.intel
+#endif
 
 /// Two-sided clamp thresholds of one OCC group.
 public struct OCCThresholds: Sendable, Equatable {
@@ -156,29 +159,18 @@ public enum OCC {
 
         let grain = Parallel.grain(count: rows, minItems: Swift.max(1, 32768 / cols))
         thresholds.withUnsafeBufferPointer { tb in
-            let tp = tb.baseAddress!
+            // Plain locals: a loop that reads captured state may reload it per element.
+            let tp = tb.baseAddress!, x = x, xc = xc, indptr = indptr, cols = cols, perRow = perRow
             // Pass 1: clamp and count the entries of each row into indptr[r + 1].
             Parallel.forChunks(count: rows, grain: grain) { range in
                 for r in range {
                     let t = tp[perRow ? r : 0]
-                    let lo = t.lo, hi = t.hi
                     let xr = x + r * cols
-                    var count = 0
+                    let count: Int32
                     if let xc {
-                        let cr = xc + r * cols
-                        for c in 0..<cols {
-                            let v = xr[c]
-                            let below = v < lo, above = v > hi
-                            count &+= (below || above) ? 1 : 0
-                            cr[c] = below ? lo : (above ? hi : v)
-                        }
+                        count = clampCountRow(xr, xc + r * cols, cols, t.lo, t.hi)
                     } else {
-                        // A sum of comparison bits (lo ≤ hi: at most one is set), so the loop
-                        // vectorizes; `||` made it a scalar branch per element.
-                        for c in 0..<cols {
-                            let v = xr[c]
-                            count &+= (v < lo ? 1 : 0) &+ (v > hi ? 1 : 0)
-                        }
+                        count = countRow(xr, cols, t.lo, t.hi)
                     }
                     indptr[r + 1] = Int64(count)
                 }
@@ -195,44 +187,98 @@ public enum OCC {
         }
         // Pass 2: fill the rows that have entries.
         thresholds.withUnsafeBufferPointer { tb in
-            let tp = tb.baseAddress!
+            let tp = tb.baseAddress!, x = x, indptr = UnsafePointer(indptr), indices = indices, values = values
+            let cols = cols, perRow = perRow
             Parallel.forChunks(count: rows, grain: grain) { range in
                 for r in range {
-                    var p = Int(indptr[r])
+                    let p = Int(indptr[r])
                     guard Int(indptr[r + 1]) > p else { continue }
                     let t = tp[perRow ? r : 0]
-                    let lo = t.lo, hi = t.hi
-                    let xr = x + r * cols
-                    // Outliers are ~2(1 − α) of the values: a branch-free test of 16 values at a
-                    // time, and the per-element branches only in spans that hold one.
-                    var start = 0
-                    while start < cols {
-                        let end = Swift.min(start + 16, cols)
-                        var any = 0
-                        for c in start..<end {
-                            let v = xr[c]
-                            any |= (v < lo ? 1 : 0) | (v > hi ? 1 : 0)
-                        }
-                        if any != 0 {
-                            for c in start..<end {
-                                let v = xr[c]
-                                if v < lo {
-                                    indices[p] = Int32(truncatingIfNeeded: c)
-                                    values[p] = v - lo
-                                    p += 1
-                                } else if v > hi {
-                                    indices[p] = Int32(truncatingIfNeeded: c)
-                                    values[p] = v - hi
-                                    p += 1
-                                }
-                            }
-                        }
-                        start = end
-                    }
+                    fillRow(x + r * cols, cols, t.lo, t.hi, indices + p, values + p)
                 }
             }
         }
         return Int(nnz)
+    }
+
+    /// Entries of one row outside [lo, hi] (lo ≤ hi: at most one comparison holds per value).
+    /// A sum of comparison bits in 32-bit lanes, so the loop is a vector compare and add.
+    @inline(__always)
+    static func countRow(_ xr: UnsafePointer<Float>, _ cols: Int, _ lo: Float, _ hi: Float) -> Int32 {
+        var count: Int32 = 0
+        for c in 0..<cols {
+            let v = xr[c]
+            count &+= (v < lo ? 1 : 0) &+ (v > hi ? 1 : 0)
+        }
+        return count
+    }
+
+    /// `countRow`, and cr[c] = x < lo ? lo : (x > hi ? hi : x) (a value not clamped is copied
+    /// bit for bit).
+    @inline(__always)
+    static func clampCountRow(_ xr: UnsafePointer<Float>, _ cr: UnsafeMutablePointer<Float>, _ cols: Int,
+                              _ lo: Float, _ hi: Float) -> Int32 {
+        var count: Int32 = 0
+        for c in 0..<cols {
+            let v = xr[c]
+            let below = v < lo, above = v > hi
+            count &+= (below ? 1 : 0) &+ (above ? 1 : 0)
+            cr[c] = below ? lo : (above ? hi : v)
+        }
+        return count
+    }
+
+    /// Writes the entries of one row (columns with x < lo or x > hi, ascending; value x − lo or
+    /// x − hi) to indices/values. Blocks of 16 values are compared as vectors into a bit mask
+    /// (`laneMask16`),
+    /// and only its set bits are visited (outliers are ~2(1 − α) of the values).
+    @inline(__always)
+    static func fillRow(_ xr: UnsafePointer<Float>, _ cols: Int, _ lo: Float, _ hi: Float,
+                        _ indices: UnsafeMutablePointer<Int32>, _ values: UnsafeMutablePointer<Float>) {
+        typealias V = SIMD16<Float>
+        let vLo = V(repeating: lo), vHi = V(repeating: hi)
+        let raw = UnsafeRawPointer(xr)
+        var p = 0, start = 0
+        while start + 16 <= cols {
+            let v = raw.loadUnaligned(fromByteOffset: start * 4, as: V.self)
+            let lanes = (v .< vLo)._storage | (v .> vHi)._storage
+            var m = laneMask16(lanes)
+            if m != 0 {
+                repeat {
+                    let c = start &+ m.trailingZeroBitCount
+                    let x = xr[c]
+                    indices[p] = Int32(truncatingIfNeeded: c)
+                    values[p] = x - (x < lo ? lo : hi)
+                    p &+= 1
+                    m &= m &- 1
+                } while m != 0
+            }
+            start += 16
+        }
+        for c in start..<cols {
+            let x = xr[c]
+            if x < lo || x > hi {
+                indices[p] = Int32(truncatingIfNeeded: c)
+                values[p] = x - (x < lo ? lo : hi)
+                p &+= 1
+            }
+        }
+    }
+
+    /// Bit i set where lane i of a comparison result (−1 or 0) is set. The lanes narrowed to
+    /// bytes; on x86-64 one pmovmskb (SSE2), elsewhere two 8-byte words and a multiply that
+    /// gathers the low bit of each byte into the top byte.
+    @inline(__always)
+    static func laneMask16(_ lanes: SIMD16<Int32>) -> UInt64 {
+        let bytes = SIMD16<UInt8>(truncatingIfNeeded: lanes)
+        #if arch(x86_64)
+        return UInt64(UInt32(bitPattern: _mm_movemask_epi8(unsafeBitCast(bytes, to: SIMD2<Int64>.self))))
+        #else
+        let w = unsafeBitCast(bytes, to: SIMD2<UInt64>.self)
+        let lo8 = ((w[0] & 0x0101_0101_0101_0101) &* 0x0102_0408_1020_4080) >> 56
+        let hi8 = ((w[1] & 0x0101_0101_0101_0101) &* 0x0102_0408_1020_4080) >> 56
+        return lo8 | hi8 << 8
+        #endif
     }
 
     // MARK: - Sparse products
@@ -599,8 +645,11 @@ public enum OCC {
             h ^= h >> 15
             h = h &* 0x85EB_CA6B
             h ^= h >> 13
-            let start = r * w + Int((UInt64(h) &* UInt64(w - 7)) >> 32)
-            for j in 0..<8 { sample[8 * r + j] = orderKey(x[start + j].bitPattern) }
+            let start = r &* w &+ Int(truncatingIfNeeded: (UInt64(h) &* UInt64(w - 7)) >> 32)
+            // One vector load and store per run: short iterations keep many misses in flight.
+            let b = UnsafeRawPointer(x + start).loadUnaligned(as: SIMD8<Int32>.self)
+            let k = b ^ ((b &>> 31) | SIMD8<Int32>(repeating: Int32.min))
+            UnsafeMutableRawPointer(sample + 8 &* r).storeBytes(of: k, as: SIMD8<Int32>.self)
         }
         // Sample ranks: expected count below the target rank plus a margin of ~3.5 standard
         // deviations, so a miss (which only costs time) is rare on data that is not adversarial.
@@ -667,16 +716,12 @@ public enum OCC {
         let vLo = V(repeating: tLo), vHi = V(repeating: tHi), m7 = V(repeating: 0x7FFF_FFFF)
         let raw = UnsafeRawPointer(x)
         var pl = 0, ph = 0, i = 0
-        // 16 values → 16 bits: compare lanes (−1 or 0) narrowed to bytes, two words of 8 bytes,
-        // and a multiply gathers the low bit of each byte into the top byte.
+        // 16 values → 16 bits (`laneMask16`).
         @inline(__always) func hits(_ at: Int) -> UInt64 {
             let b = raw.loadUnaligned(fromByteOffset: at * 4, as: V.self)
             let s = b ^ ((b &>> 31) & m7)
             let lanes = (s .<= vLo)._storage | (s .>= vHi)._storage
-            let w = unsafeBitCast(SIMD16<UInt8>(truncatingIfNeeded: lanes), to: SIMD2<UInt64>.self)
-            let lo8 = ((w[0] & 0x0101_0101_0101_0101) &* 0x0102_0408_1020_4080) >> 56
-            let hi8 = ((w[1] & 0x0101_0101_0101_0101) &* 0x0102_0408_1020_4080) >> 56
-            return lo8 | hi8 << 8
+            return laneMask16(lanes)
         }
         while i + tailBlock <= n {
             var m = hits(i) | hits(i + 16) << 16 | hits(i + 32) << 32 | hits(i + 48) << 48
