@@ -189,6 +189,42 @@ public func fp4swift_linear_forward(_ x: UnsafePointer<Float>?, _ T: Int64, _ K:
     }
 }
 
+@_cdecl("fp4swift_linear_prepare_input")
+public func fp4swift_linear_prepare_input(_ x: UnsafePointer<Float>?, _ T: Int64, _ K: Int64,
+                                          _ rp: UnsafePointer<fp4swift_linear_recipe>?, _ operand: UnsafeMutablePointer<Float>?,
+                                          _ sp: UnsafeMutablePointer<fp4swift_linear_saved>?) -> Int32 {
+    guarded {
+        try checkLinearShapes(T, K, 0)
+        let recipe = try linearRecipe(rp)
+        let savedPointer = try required(sp, "saved")
+        var saved = try linearSaved(UnsafePointer(savedPointer))
+        if saved.residualCapacity > 0,
+           saved.residualIndptr == nil || saved.residualIndices == nil || saved.residualValues == nil {
+            throw invalid("residual buffers are NULL but residual_capacity is \(saved.residualCapacity)")
+        }
+        guard T > 0 else { return }
+        if recipe.input != nil, operand == nil { throw invalid("x_operand is NULL but the recipe quantizes X") }
+        try LinearLayer.prepareInput(x: try required(x, "x"), tokens: Int(T), inFeatures: Int(K), recipe: recipe,
+                                     operand: operand, saved: &saved)
+        savedPointer.pointee.x_tensor_scale = saved.xTensorScale
+        savedPointer.pointee.residual_nnz = Int64(saved.residualNNZ)
+    }
+}
+
+@_cdecl("fp4swift_linear_forward_prepared")
+public func fp4swift_linear_forward_prepared(_ operand: UnsafePointer<Float>?, _ T: Int64, _ K: Int64, _ w: UnsafePointer<Float>?,
+                                             _ N: Int64, _ bias: UnsafePointer<Float>?,
+                                             _ rp: UnsafePointer<fp4swift_linear_recipe>?, _ y: UnsafeMutablePointer<Float>?) -> Int32 {
+    guarded {
+        try checkLinearShapes(T, K, N)
+        let recipe = try linearRecipe(rp)
+        guard T > 0, N > 0 else { return }
+        try LinearLayer.forwardPrepared(operand: try required(operand, "x_operand"), tokens: Int(T), inFeatures: Int(K),
+                                        w: try required(w, "w"), outFeatures: Int(N), bias: bias, recipe: recipe,
+                                        y: try required(y, "y"))
+    }
+}
+
 @_cdecl("fp4swift_linear_backward")
 public func fp4swift_linear_backward(_ dy: UnsafePointer<Float>?, _ T: Int64, _ N: Int64, _ x: UnsafePointer<Float>?,
                                      _ w: UnsafePointer<Float>?, _ K: Int64, _ rp: UnsafePointer<fp4swift_linear_recipe>?,

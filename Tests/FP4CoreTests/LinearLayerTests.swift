@@ -214,6 +214,34 @@ final class LinearLayerTests: XCTestCase {
 
     // MARK: - Errors
 
+    /// prepareInput + forwardPrepared (the shared-input path) equal forward bit for bit.
+    func testPreparedForwardEqualsForward() throws {
+        var rng = TestRNG(seed: 41)
+        let e4m3Row = Quantizer(format: .e4m3, granularity: .row, scaleRule: .absmax, rounding: .nearestEven)
+        let recipes: [(String, LinearRecipe)] = [
+            ("wang2025", Self.wang2025()),
+            ("wang2025 per-row OCC, no compensation", Self.wang2025(perRow: true, compensate: false)),
+            ("fp32", LinearRecipe(input: nil, weight: nil, gradient: nil, occ: nil, dge: nil)),
+            ("fp8 backward X", LinearRecipe(input: Self.e2m1Row, weight: Self.e2m1Row, gradient: Self.fp8Gradient, occ: nil,
+                                            dge: nil, backwardInput: .own(e4m3Row))),
+        ]
+        for (name, recipe) in recipes {
+            for (T, K, N) in [(16, 32, 8), (7, 5, 3), (1, 64, 2)] {
+                var x = randomGaussian(T * K, &rng)
+                x[0] *= 40
+                let w = randomGaussian(N * K, &rng), dy = randomGaussian(T * N, &rng)
+                let bias = randomGaussian(N, &rng)
+                let a = try runLinear(x: x, T: T, K: K, w: w, N: N, bias: bias, dy: dy, recipe: recipe)
+                let b = try runLinear(x: x, T: T, K: K, w: w, N: N, bias: bias, dy: dy, recipe: recipe, prepared: true)
+                let same = { (u: [Float], v: [Float]) in u.map(\.bitPattern) == v.map(\.bitPattern) }
+                XCTAssertTrue(same(a.y, b.y) && same(a.dx, b.dx) && same(a.dw, b.dw), "\(name) \(T)x\(K)x\(N)")
+                XCTAssertEqual(a.savedCodes, b.savedCodes, name)
+                XCTAssertTrue(same(a.savedScales, b.savedScales), name)
+                XCTAssertEqual(a.residualNNZ, b.residualNNZ, name)
+            }
+        }
+    }
+
     func testBadRecipesThrow() throws {
         let x = [Float](repeating: 1, count: 8), w = [Float](repeating: 1, count: 8), dy = [Float](repeating: 1, count: 4)
         for a in [0.5, 1.01, -1, .nan] {
@@ -293,8 +321,9 @@ private struct LinearRun {
 }
 
 /// forward then backward with freshly allocated saved-state buffers of the reported sizes.
+/// `prepared`: the forward in its two steps (prepareInput, then forwardPrepared).
 private func runLinear(x: [Float], T: Int, K: Int, w: [Float], N: Int, bias: [Float]?, dy: [Float],
-                       recipe: LinearRecipe) throws -> LinearRun {
+                       recipe: LinearRecipe, prepared: Bool = false) throws -> LinearRun {
     let sizes = try LinearLayer.savedSizes(tokens: T, inFeatures: K, recipe: recipe)
     let codes = UnsafeMutablePointer<UInt8>.allocate(capacity: Swift.max(sizes.xCodes, 1))
     let scales = UnsafeMutablePointer<Float>.allocate(capacity: Swift.max(sizes.xScales, 1))
@@ -316,9 +345,19 @@ private func runLinear(x: [Float], T: Int, K: Int, w: [Float], N: Int, bias: [Fl
         try w.withUnsafeBufferPointer { wp in
             try b.withUnsafeBufferPointer { bp in
                 try y.withUnsafeMutableBufferPointer { yp in
-                    try LinearLayer.forward(x: xp.baseAddress!, tokens: T, inFeatures: K, w: wp.baseAddress!, outFeatures: N,
-                                            bias: bias == nil ? nil : bp.baseAddress!, recipe: recipe,
-                                            y: yp.baseAddress!, saved: &saved)
+                    if prepared {
+                        let operand = UnsafeMutablePointer<Float>.allocate(capacity: Swift.max(T * K, 1))
+                        defer { operand.deallocate() }
+                        try LinearLayer.prepareInput(x: xp.baseAddress!, tokens: T, inFeatures: K, recipe: recipe,
+                                                     operand: operand, saved: &saved)
+                        try LinearLayer.forwardPrepared(operand: recipe.input == nil ? xp.baseAddress! : UnsafePointer(operand),
+                                                        tokens: T, inFeatures: K, w: wp.baseAddress!, outFeatures: N,
+                                                        bias: bias == nil ? nil : bp.baseAddress!, recipe: recipe, y: yp.baseAddress!)
+                    } else {
+                        try LinearLayer.forward(x: xp.baseAddress!, tokens: T, inFeatures: K, w: wp.baseAddress!, outFeatures: N,
+                                                bias: bias == nil ? nil : bp.baseAddress!, recipe: recipe,
+                                                y: yp.baseAddress!, saved: &saved)
+                    }
                 }
             }
             try dy.withUnsafeBufferPointer { gp in

@@ -12,6 +12,7 @@ The numpy API (spec: ../shared/fp4-spec.md):
 from .linear import (
     CSR,
     LinearSaved,
+    PreparedInput,
     Recipe,
     csr_matmul_t,
     dge_derivative,
@@ -20,6 +21,7 @@ from .linear import (
     linear_forward,
     occ,
     occ_thresholds,
+    prepare_input,
     recipes,
     register_recipe,
 )
@@ -58,6 +60,6 @@ __all__ = [
     "decode", "encode", "fake_quantize", "fidelity", "format_info", "formats",
     "get_num_threads", "pack_fp4", "quantize", "set_num_threads", "unpack_fp4",
     "CSR", "LinearSaved", "Recipe", "csr_matmul_t", "dge_derivative", "dge_surrogate",
-    "linear_backward", "linear_forward", "occ", "occ_thresholds", "recipes", "register_recipe",
+    "linear_backward", "linear_forward", "occ", "occ_thresholds", "PreparedInput", "prepare_input", "recipes", "register_recipe",
     "clip_mask", "hadamard", "ROLES", "module_role",
 ]

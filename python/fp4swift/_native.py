@@ -12,7 +12,7 @@ import pathlib
 import warnings
 from ctypes import POINTER, c_char_p, c_double, c_float, c_int32, c_int64, c_uint8, c_uint64
 
-ABI_VERSION = 4
+ABI_VERSION = 5
 
 # Status codes.
 OK = 0
@@ -152,6 +152,8 @@ SIGNATURES = {
     "fp4swift_csr_matmul_t": (c_int32, [i64p, i32p, f32p, c_int64, c_int64, c_int64, f32p, c_int64, f32p]),
     "fp4swift_linear_saved_sizes": (c_int32, [c_int64, c_int64, RecipeP, i64p, i64p, i64p]),
     "fp4swift_linear_forward": (c_int32, [f32p, c_int64, c_int64, f32p, c_int64, f32p, RecipeP, f32p, SavedP]),
+    "fp4swift_linear_prepare_input": (c_int32, [f32p, c_int64, c_int64, RecipeP, f32p, SavedP]),
+    "fp4swift_linear_forward_prepared": (c_int32, [f32p, c_int64, c_int64, f32p, c_int64, f32p, RecipeP, f32p]),
     "fp4swift_linear_backward": (c_int32, [f32p, c_int64, c_int64, f32p, f32p, c_int64, RecipeP, SavedP, f32p, f32p, f32p]),
     "fp4swift_quartet_saved_sizes": (c_int32, [c_int64, c_int64, i64p, i64p, i64p]),
     "fp4swift_quartet_forward": (c_int32, [f32p, c_int64, c_int64, f32p, c_int64, f32p, f32p,

@@ -480,6 +480,22 @@ class LinearSaved:
             fptr(self.residual_values) if cap else None, cap, 0)
         self.consumed = False
 
+    @classmethod
+    def _sharing(cls, prepared: "PreparedInput", out_features: int, w: np.ndarray, has_bias: bool) -> "LinearSaved":
+        """A layer's saved state that refers to a prepared input's buffers (read-only in the
+        backward, so every layer sharing them can run its backward, in any order)."""
+        src = prepared.state
+        s = cls.__new__(cls)
+        s.recipe, s.x_shape, s.tokens, s.in_features = src.recipe, src.x_shape, src.tokens, src.in_features
+        s.out_features, s.w, s.has_bias, s.x = out_features, w, has_bias, src.x
+        rc = _recipe_c(s.recipe)
+        s.gradient_seed = _call_seed(rc.grad_seed, next(_CALLS)) if rc.grad_stochastic else rc.grad_seed
+        s.x_codes, s.x_scales = src.x_codes, src.x_scales
+        s.residual_indptr, s.residual_indices, s.residual_values = src.residual_indptr, src.residual_indices, src.residual_values
+        s.struct = _native.LinearSaved.from_buffer_copy(src.struct)
+        s.consumed = False
+        return s
+
     @property
     def residual_nnz(self) -> int:
         return 0 if self.consumed else int(self.struct.residual_nnz)
@@ -563,15 +579,81 @@ def _weight(w: Any) -> np.ndarray:
     return wa
 
 
-def linear_forward(x: Any, w: Any, b: Any = None, recipe: Any = "wang2025") -> Tuple[np.ndarray, LinearSaved]:
+class PreparedInput:
+    """The forward's work on one X under one recipe, done once by `prepare_input`: OCC, the
+    codes, scales and residual saved for the backward, and the forward GEMM's X operand
+    Q(X_c) + ΔX. None of it depends on W, so layers that read the same X under the same
+    recipe (q/k/v projections; gate/up) can share it: `linear_forward(None, w, b, recipe,
+    prepared=p)` then only quantizes W and runs the GEMM, with results equal to a plain
+    `linear_forward(x, ...)` bit for bit. Their saved states share its buffers (each reports
+    them in its nbytes)."""
+
+    __slots__ = ("recipe", "x", "state", "operand")
+
+    def __init__(self, recipe: Recipe, x: np.ndarray, state: LinearSaved, operand: np.ndarray) -> None:
+        self.recipe, self.x, self.state, self.operand = recipe, x, state, operand
+
+    @property
+    def shape(self) -> Tuple[int, ...]:
+        return self.x.shape
+
+
+def _linear_recipe(recipe: Any) -> Recipe:
+    r = Recipe.get(recipe) if isinstance(recipe, str) else recipe
+    if not isinstance(r, Recipe):
+        raise TypeError(f"recipe must be a name or a Recipe, got {type(recipe).__name__}")
+    return r
+
+
+def prepare_input(x: Any, recipe: Any = "wang2025", operand: Optional[np.ndarray] = None) -> PreparedInput:
+    """Does a linear forward's work on X alone (see PreparedInput), for layers that share X.
+
+    `operand`, when given, is a float32 C-contiguous [T, K] array to write the X operand into
+    (reused across calls to spare an allocation); it must not be x. Quartet recipes (their
+    operand depends on the rotation of W as well) are refused with ValueError.
+    """
+    r = _linear_recipe(recipe)
+    if r.kind != "linear":
+        raise ValueError(f"recipe {r.name!r} runs its own kernels; only linear recipes can share a prepared input")
+    r.validate()
+    xa = as_float32(x, "x")
+    if xa.ndim == 0:
+        raise ValueError("x must have at least one dimension (its last one is in_features)")
+    T, K = as_matrix_shape(xa.shape)
+    state = LinearSaved(r, xa.shape, T, K, 0, None, False)  # type: ignore[arg-type]
+    if r.saved_input is None:
+        state.x = xa
+    if r.input is None:
+        op = xa
+    else:
+        if operand is None:
+            op = np.empty((T, K), dtype=np.float32)
+        else:
+            if not (isinstance(operand, np.ndarray) and operand.dtype == np.float32 and operand.flags.c_contiguous
+                    and operand.flags.writeable and operand.size == T * K):
+                raise ValueError(f"operand must be a writable C-contiguous float32 array of {T * K} elements")
+            if np.shares_memory(operand, xa):
+                raise ValueError("operand must not overlap x")
+            op = operand.reshape(T, K)
+    status = _native.lib.fp4swift_linear_prepare_input(farg(xa), T, K, _recipe_c(r).ref,
+                                                       farg(op) if r.input is not None else None,
+                                                       ctypes.byref(state.struct))
+    if status:
+        _native.check(status)
+    return PreparedInput(r, xa, state, op)
+
+
+def linear_forward(x: Any, w: Any, b: Any = None, recipe: Any = "wang2025",
+                   prepared: Optional[PreparedInput] = None) -> Tuple[np.ndarray, LinearSaved]:
     """Y = X·Wᵀ + b under a recipe (a name or a Recipe). X is [..., K], W [N, K], b [N] or None.
 
     Returns (y [..., N] float32, saved). Under a quantized recipe, NaN/inf in X or W raise
     NonFiniteError (codes cannot hold them); the fp32 recipe propagates them.
+    `prepared` (from `prepare_input(x, recipe)`) skips the work on X; x may then be None.
     """
-    r = Recipe.get(recipe) if isinstance(recipe, str) else recipe
-    if not isinstance(r, Recipe):
-        raise TypeError(f"recipe must be a name or a Recipe, got {type(recipe).__name__}")
+    r = _linear_recipe(recipe)
+    if prepared is not None:
+        return _forward_prepared(x, w, b, r, prepared)
     xa = as_float32(x, "x")
     wa = _weight(w)
     if xa.ndim == 0:
@@ -603,6 +685,35 @@ def linear_forward(x: Any, w: Any, b: Any = None, recipe: Any = "wang2025") -> T
     if status:
         _native.check(status)
     return y, saved
+
+
+def _forward_prepared(x: Any, w: Any, b: Any, r: Recipe, p: PreparedInput) -> Tuple[np.ndarray, LinearSaved]:
+    if not isinstance(p, PreparedInput):
+        raise TypeError(f"prepared must come from prepare_input, got {type(p).__name__}")
+    if p.recipe is not r and p.recipe != r:
+        raise ValueError(f"prepared was made under recipe {p.recipe.name!r}, not {r.name!r}")
+    if x is not None:
+        xa = as_float32(x, "x")
+        if xa.shape != p.x.shape or not np.shares_memory(xa, p.x):
+            raise ValueError("x is not the array prepare_input saw (pass x=None to use the prepared one)")
+    if p.state.consumed:
+        raise _native.FP4StateError("this prepared input's buffers were released")
+    wa = _weight(w)
+    T, K = p.state.tokens, p.state.in_features
+    N = wa.shape[0]
+    if wa.shape[1] != K:
+        raise ValueError(f"x has {K} input features but w is {wa.shape} (expected [N, {K}])")
+    ba = None
+    if b is not None:
+        ba = as_float32(b, "b")
+        if ba.shape != (N,):
+            raise ValueError(f"b must have shape ({N},), got {ba.shape}")
+    y = np.empty(p.x.shape[:-1] + (N,), dtype=np.float32)
+    status = _native.lib.fp4swift_linear_forward_prepared(farg(p.operand), T, K, farg(wa), N,
+                                                          farg(ba) if ba is not None else None, _recipe_c(r).ref, farg(y))
+    if status:
+        _native.check(status)
+    return y, LinearSaved._sharing(p, N, wa, ba is not None)
 
 
 def linear_backward(dy: Any, saved: LinearSaved, retain: bool = False, compute_dx: bool = True,

@@ -19,7 +19,7 @@
 extern "C" {
 #endif
 
-#define FP4SWIFT_ABI_VERSION 4
+#define FP4SWIFT_ABI_VERSION 5
 
 /* Status codes. */
 #define FP4SWIFT_OK 0
@@ -189,6 +189,19 @@ int32_t fp4swift_linear_saved_sizes(int64_t tokens, int64_t in_features, const f
 int32_t fp4swift_linear_forward(const float *x, int64_t tokens, int64_t in_features,
                                 const float *w, int64_t out_features, const float *bias,
                                 const fp4swift_linear_recipe *recipe, float *y, fp4swift_linear_saved *saved);
+/* The forward in two steps, for layers that read the same X under the same recipe (q/k/v
+ * projections): prepare_input does the work on X alone (OCC; the saved codes, scales and
+ * residual) and writes the forward GEMM's X operand, Q(X_c) + dX, to x_operand [tokens,
+ * in_features] (NULL allowed when the recipe keeps X in float32: the operand is then x);
+ * forward_prepared computes y = x_operand W_q^T + bias. Together they equal
+ * fp4swift_linear_forward bit for bit, and one prepared state serves every sharing layer's
+ * backward (it does not depend on W). */
+int32_t fp4swift_linear_prepare_input(const float *x, int64_t tokens, int64_t in_features,
+                                      const fp4swift_linear_recipe *recipe, float *x_operand,
+                                      fp4swift_linear_saved *saved);
+int32_t fp4swift_linear_forward_prepared(const float *x_operand, int64_t tokens, int64_t in_features,
+                                         const float *w, int64_t out_features, const float *bias,
+                                         const fp4swift_linear_recipe *recipe, float *y);
 /* x: the forward input, needed (and read) only when the recipe keeps X in float32.
  * dx, dw, db may be NULL to skip that gradient. */
 int32_t fp4swift_linear_backward(const float *dy, int64_t tokens, int64_t out_features,

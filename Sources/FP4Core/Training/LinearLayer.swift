@@ -87,6 +87,20 @@ public enum LinearLayer {
                                recipe: LinearRecipe, y: UnsafeMutablePointer<Float>,
                                saved: inout LinearSaved) throws {
         try checkShapes(T, K, N)
+        let xq = recipe.input == nil ? nil : Scratch(T * K)
+        try prepareInput(x: x, tokens: T, inFeatures: K, recipe: recipe, operand: xq?.pointer, saved: &saved)
+        try forwardPrepared(operand: xq.map { UnsafePointer($0.pointer) } ?? x, tokens: T, inFeatures: K, w: w,
+                            outFeatures: N, bias: bias, recipe: recipe, y: y)
+        withExtendedLifetime(xq) {}
+    }
+
+    /// The forward's work on X alone: OCC, the saved codes, scales and residual, and the
+    /// forward GEMM's X operand (Q(X_c) + ΔX) written to `operand` ([T, K]; needed, and
+    /// written, only when the recipe quantizes X). Layers that read the same X under the
+    /// same recipe (q/k/v projections) can share one result: it does not depend on W.
+    public static func prepareInput(x: UnsafePointer<Float>, tokens T: Int, inFeatures K: Int, recipe: LinearRecipe,
+                                    operand: UnsafeMutablePointer<Float>?, saved: inout LinearSaved) throws {
+        try checkShapes(T, K, 0)
         try recipe.validate()
         let sizes = try savedSizes(tokens: T, inFeatures: K, recipe: recipe)
         guard saved.xCodesCount >= sizes.xCodes, saved.xScalesCount >= sizes.xScales,
@@ -98,9 +112,8 @@ public enum LinearLayer {
 
         // Activations: OCC clamp (+ sparse residual), then quantize to saved codes; the GEMM
         // reads the dequantized values.
-        var xOperand = x
-        var xq: Scratch?
         if let q = recipe.input {
+            guard let buffer = operand else { throw FP4Error.invalid("a quantized input needs the X operand buffer") }
             var source = x
             var clamped: Scratch?
             // The OCC clamp applied inside the quantizer, row by row (no float32 X_c buffer).
@@ -127,36 +140,41 @@ public enum LinearLayer {
                     clampInQuantizer = (thresholds, occ.perRow, !compensated)
                 }
             }
-            let buffer = Scratch(T * K)
-            xq = buffer
             if let c = clampInQuantizer {
                 guard let codes = saved.xCodes, let scalesOut = saved.xScales else {
                     throw FP4Error.invalid("a quantized input needs the code and scale buffers of the saved state")
                 }
                 guard let ts = try q.quantizeClamped(x, rows: T, cols: K, thresholds: c.thresholds, perRow: c.perRow, minMax: c.minMax,
-                                                     codes: codes, dequantized: buffer.pointer) else {
+                                                     codes: codes, dequantized: buffer) else {
                     throw FP4Error.invalid("internal: the input quantizer cannot clamp while quantizing")
                 }
                 for g in 0..<ts.groups.count { scalesOut[g] = ts.groups[g].scale }
                 saved.xTensorScale = ts.tensorScale
             } else if recipe.savesForwardInput {
-                try saveInput(q, source, rows: T, cols: K, saved: &saved, dequantized: buffer.pointer)
+                try saveInput(q, source, rows: T, cols: K, saved: &saved, dequantized: buffer)
             } else {
-                try q.fakeQuantize(source, rows: T, cols: K, into: buffer.pointer, nonFinite: .raise)
+                try q.fakeQuantize(source, rows: T, cols: K, into: buffer, nonFinite: .raise)
             }
             withExtendedLifetime(clamped) {}
             if let occ = recipe.occ, occ.compensate, saved.residualNNZ > 0 {
                 // Q(X_c)·W_qᵀ + ΔX·W_qᵀ = (Q(X_c) + ΔX)·W_qᵀ: one GEMM on the sum.
-                scatterResidual(saved, rows: T, cols: K, into: buffer.pointer)
+                scatterResidual(saved, rows: T, cols: K, into: buffer)
             }
-            xOperand = UnsafePointer(buffer.pointer)
         }
 
         if !recipe.savesForwardInput, let q = recipe.savedInput {
             // The weight-gradient GEMM's own X quantization (e.g. FP8 under an FP4 forward).
             try saveInput(q, x, rows: T, cols: K, saved: &saved, dequantized: nil)
         }
+    }
 
+    /// The forward GEMM on a prepared X operand (`prepareInput`; X itself when the recipe
+    /// keeps X in float32): Y = X_op·W_qᵀ + b.
+    public static func forwardPrepared(operand xOperand: UnsafePointer<Float>, tokens T: Int, inFeatures K: Int,
+                                       w: UnsafePointer<Float>, outFeatures N: Int, bias: UnsafePointer<Float>?,
+                                       recipe: LinearRecipe, y: UnsafeMutablePointer<Float>) throws {
+        try checkShapes(T, K, N)
+        try recipe.validate()
         let wq = try Operand(w, rows: N, cols: K, quantizer: recipe.weight, nonFinite: .raise)
         let wOperand = wq.pointer
 
@@ -165,7 +183,7 @@ public enum LinearLayer {
         }
         BLAS.gemm(transA: false, transB: true, m: T, n: N, k: K, a: xOperand, b: wOperand,
                   beta: bias == nil ? 0 : 1, c: y)
-        withExtendedLifetime((xq, wq)) {}
+        withExtendedLifetime(wq) {}
     }
 
     /// Quantizes X into the saved codes and scales (non-finite X throws).

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import threading
+import weakref
 from typing import Any, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
@@ -22,11 +24,11 @@ try:
 except ImportError as e:  # pragma: no cover - exercised only without torch
     raise ImportError("fp4swift.torch needs PyTorch: pip install -e .[torch]") from e
 
-from ..linear import LinearSaved, Recipe, linear_backward, linear_forward
+from ..linear import LinearSaved, PreparedInput, Recipe, linear_backward, linear_forward, prepare_input
 from ..roles import LM_HEAD_NAMES, module_role
 
 __all__ = ["FP4Conv1D", "FP4Linear", "FP4LinearFunction", "PrecisionSchedule", "convert", "lm_head_names",
-           "linear_layers", "module_roles"]
+           "linear_layers", "module_roles", "set_input_sharing"]
 
 RecipeLike = Union[str, Recipe]
 
@@ -57,16 +59,69 @@ def _as_numpy_f32(t: Optional[torch.Tensor], name: str) -> Optional[np.ndarray]:
     return t.contiguous().numpy()
 
 
+class _SharedInput(threading.local):
+    """The last input a layer prepared (see fp4swift.PreparedInput), for the next layer that
+    reads the same tensor under the same recipe: q/k/v projections, gate/up. One slot per
+    thread. Only activations inside the autograd graph (x.grad_fn set) are shared, and an
+    entry is valid while it is the same tensor object (a weak reference, so the cache never
+    keeps a tensor alive) at the same version and address: an in-place change through the
+    tensor invalidates it. A write that bypasses the version counter (through x.data or a
+    numpy view), which autograd cannot see either, would not be seen."""
+
+    enabled = True
+
+    def __init__(self) -> None:
+        self.ref: Any = None
+        self.version = -1
+        self.address = 0
+        self.prepared: Optional[PreparedInput] = None
+
+    def get(self, x: torch.Tensor, recipe: Recipe) -> PreparedInput:
+        p = self.prepared
+        if p is not None and self.ref() is x and self.version == x._version and self.address == x.data_ptr() \
+                and (p.recipe is recipe or p.recipe == recipe):
+            return p
+        xa = _as_numpy_f32(x, "input")
+        # The previous operand buffer is reused when the shape fits (its layers' GEMMs are done).
+        old = p.operand if p is not None and p.operand is not p.x else None
+        reuse = old if old is not None and old.size == xa.size and not np.shares_memory(old, xa) else None
+        p = prepare_input(xa, recipe, operand=reuse)
+        self.ref, self.version, self.address, self.prepared = weakref.ref(x), x._version, x.data_ptr(), p
+        return p
+
+    def clear(self) -> None:
+        self.ref, self.version, self.address, self.prepared = None, -1, 0, None
+
+
+_shared_input = _SharedInput()
+
+
+def set_input_sharing(enabled: bool) -> bool:
+    """Turns on/off (default on) the sharing of one input's quantization between consecutive
+    layers that read the same activation under the same recipe (q/k/v, gate/up): results are
+    the same bit for bit either way; sharing skips repeated OCC and quantization passes, and
+    the layers' saved states share their codes. Only tensors produced inside the autograd
+    graph are shared (see _SharedInput for what invalidates an entry). Returns the previous
+    setting."""
+    previous = _SharedInput.enabled
+    _SharedInput.enabled = bool(enabled)
+    if not enabled:
+        _shared_input.clear()
+    return previous
+
+
 class FP4LinearFunction(torch.autograd.Function):
     """y = x·Wᵀ + b under a recipe; backward through the Swift kernels (spec §6)."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],  # type: ignore[override]
                 recipe: Recipe) -> torch.Tensor:
-        xa = _as_numpy_f32(x, "input")
         wa = _as_numpy_f32(weight, "weight")
         ba = _as_numpy_f32(bias, "bias")
-        y, saved = linear_forward(xa, wa, ba, recipe)
+        if _SharedInput.enabled and x.grad_fn is not None and recipe.kind == "linear":
+            y, saved = linear_forward(None, wa, ba, recipe, prepared=_shared_input.get(x, recipe))
+        else:
+            y, saved = linear_forward(_as_numpy_f32(x, "input"), wa, ba, recipe)
         ctx.fp4_saved = saved
         ctx.save_for_backward(weight)  # so torch notices an in-place update before backward
         ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
