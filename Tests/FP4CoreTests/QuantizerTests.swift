@@ -1,4 +1,5 @@
 import XCTest
+import Foundation
 @testable import FP4Core
 
 /// Spec §2: fake quantization (v = x / s, q = round(v), x̂ = q·s) for every granularity,
@@ -221,5 +222,171 @@ final class QuantizerTests: XCTestCase {
         XCTAssertEqual(try Granularity.row.layout(rows: 4, cols: 6).groupCount, 4)
         XCTAssertEqual(try Granularity.column.layout(rows: 4, cols: 6).groupCount, 6)
         XCTAssertEqual(try Granularity.block(3).layout(rows: 4, cols: 6).groupCount, 8)
+    }
+
+    // MARK: - e2m1 SIMD kernel and fused OCC residual
+
+    /// Magnitudes around every e2m1 grid point and midpoint (±3 ulp), subnormals, values
+    /// above the max, and a sweep, with both signs.
+    private static func e2m1Probe() -> [Float] {
+        var a: [Float] = [0, .leastNonzeroMagnitude, .leastNormalMagnitude, 1e-30, 6.5, 7, 8, 1e10, .greatestFiniteMagnitude, .infinity]
+        let points: [Float] = [0.25, 0.5, 0.75, 1, 1.25, 1.5, 1.75, 2, 2.5, 3, 3.5, 4, 5, 6]
+        for p in points {
+            var u = p
+            for _ in 0..<3 { u = u.nextDown; a.append(u) }
+            u = p
+            for _ in 0..<4 { a.append(u); u = u.nextUp }
+        }
+        var v: Float = 0.001
+        while v < 7 { a.append(v); v *= 1.0137 }
+        return a + a.map { -$0 }
+    }
+
+    func testE2M1KernelMatchesScalarNearestEven() throws {
+        let fp4 = try XCTUnwrap(FP4NearestEven(.e2m1))
+        let grid = GridParameters(.e2m1)
+        var vals = Self.e2m1Probe()
+        while vals.count % 8 != 0 { vals.append(0.3) }
+        for b in stride(from: 0, to: vals.count, by: 8) {
+            var v = SIMD8<Float>()
+            for l in 0..<8 { v[l] = vals[b + l] }
+            let (code, q) = E2M1Kernel.encode(v)
+            let packed = E2M1Kernel.pack(code)
+            for l in 0..<8 {
+                let (c, r) = fp4.encode(v[l])
+                XCTAssertEqual(code[l], c, "code of \(v[l])")
+                XCTAssertEqual(q[l].bitPattern, r.bitPattern, "value of \(v[l])")
+                XCTAssertEqual((packed >> (4 * UInt32(l))) & 0xF, c, "packed code of \(v[l])")
+                let a = abs(v[l])
+                XCTAssertEqual(E2M1NearestEvenRounder().round(a, index: 0).bitPattern,
+                               grid.roundNearestEvenMantissa(a).bitPattern, "rounder at \(a)")
+            }
+        }
+    }
+
+    func testE2M1DecoderMatchesTable() {
+        let table = ElementCodec.of(.e2m1).decodeTable
+        table.withUnsafeBufferPointer { tb in
+            let d = FP4Decoder(tb)
+            XCTAssertTrue(d.isE2M1)
+            for c in UInt32(0)..<16 {
+                XCTAssertEqual(FP4Decoder.valueE2M1(c).bitPattern, d.value(c).bitPattern, "code \(c)")
+            }
+        }
+        for f in [MiniFloatFormat.e1m2, .e3m0] {
+            ElementCodec.of(f).decodeTable.withUnsafeBufferPointer { XCTAssertFalse(FP4Decoder($0).isE2M1, f.name) }
+        }
+    }
+
+    /// Random rows with outliers, a CSR residual with duplicates, out-of-range columns and
+    /// empty rows.
+    private static func residualCase(rows: Int, cols: Int, seed: UInt64)
+        -> (x: [Float], indptr: [Int64], indices: [Int32], values: [Float]) {
+        var g = SplitMix(seed)
+        var x = [Float](repeating: 0, count: rows * cols)
+        for i in x.indices {
+            x[i] = g.normal() * (g.uniform() < 0.03 ? 40 : 1)
+            if g.uniform() < 0.02 { x[i] = g.uniform() < 0.5 ? 0 : -0.0 }
+        }
+        var indptr: [Int64] = [0], indices: [Int32] = [], values: [Float] = []
+        for r in 0..<rows {
+            let n = r % 4 == 3 ? 0 : Int(g.uniform() * 6)
+            for _ in 0..<n {
+                let c = g.uniform() < 0.1 ? (g.uniform() < 0.5 ? -1 : cols) : Int(g.uniform() * Float(cols)) % cols
+                indices.append(Int32(c))
+                values.append(g.normal() * 30)
+            }
+            if n > 0 && g.uniform() < 0.3, let last = indices.last {  // duplicate entry
+                indices.append(last)
+                values.append(g.normal())
+            }
+            indptr.append(Int64(indices.count))
+            _ = r
+        }
+        return (x, indptr, indices, values)
+    }
+
+    func testQuantizeClampedResidualMatchesScatterAdd() throws {
+        let shapes = [(1, 1), (3, 17), (5, 33), (7, 64), (16, 128), (9, 352), (4, 7)]
+        for (si, (rows, cols)) in shapes.enumerated() {
+            for (gi, gran) in [Granularity.row, .block(16)].enumerated() {
+                let q = Quantizer(format: .e2m1, granularity: gran)
+                guard q.clampsWhileQuantizing(rows: rows, cols: cols) else { continue }
+                for perRow in [false, true] {
+                    for minMax in [false, true] {
+                        let c = Self.residualCase(rows: rows, cols: cols, seed: UInt64(si * 100 + gi * 10 + (perRow ? 1 : 0)))
+                        var g = SplitMix(UInt64(si + 7))
+                        let th: [OCCThresholds] = perRow
+                            ? (0..<rows).map { _ in OCCThresholds(lo: -2 - g.uniform() * 3, hi: 2 + g.uniform() * 3) }
+                            : [OCCThresholds(lo: -3, hi: 2.5)]
+                        let nb = q.codeBytes(count: rows * cols)
+                        var codesA = [UInt8](repeating: 0xAA, count: nb), codesB = codesA
+                        var deqA = [Float](repeating: .nan, count: rows * cols), deqB = deqA
+                        try c.indptr.withUnsafeBufferPointer { ip in
+                            try c.indices.withUnsafeBufferPointer { ix in
+                                try c.values.withUnsafeBufferPointer { vs in
+                                    _ = try q.quantizeClamped(c.x, rows: rows, cols: cols, thresholds: th, perRow: perRow,
+                                                              minMax: minMax, codes: &codesA, dequantized: &deqA)
+                                    OCC.scatterAdd(indptr: ip.baseAddress!, indices: ix.baseAddress!, values: vs.baseAddress!,
+                                                   rows: rows, cols: cols, into: &deqA)
+                                    let res = CSRResidual(indptr: ip.baseAddress!, indices: ix.baseAddress!, values: vs.baseAddress!)
+                                    _ = try q.quantizeClamped(c.x, rows: rows, cols: cols, thresholds: th, perRow: perRow,
+                                                              minMax: minMax, codes: &codesB, dequantized: &deqB, residual: res)
+                                    // Without a dequantized buffer the residual is ignored.
+                                    var codesC = [UInt8](repeating: 0xAA, count: nb)
+                                    _ = try q.quantizeClamped(c.x, rows: rows, cols: cols, thresholds: th, perRow: perRow,
+                                                              minMax: minMax, codes: &codesC, dequantized: nil, residual: res)
+                                    XCTAssertEqual(codesC, codesA, "codes without x̂, \(rows)x\(cols)")
+                                }
+                            }
+                        }
+                        XCTAssertEqual(codesA, codesB, "\(rows)x\(cols) \(gran) perRow \(perRow)")
+                        assertBitwiseEqual(deqB, deqA, "\(rows)x\(cols) \(gran) perRow \(perRow) minMax \(minMax)")
+                    }
+                }
+            }
+        }
+    }
+
+    func testDequantizeResidualMatchesScatterAdd() throws {
+        for (si, (rows, cols)) in [(1, 1), (3, 17), (5, 33), (16, 128), (9, 352)].enumerated() {
+            for gran in [Granularity.row, .tensor, .column, .block(16)] {
+                let q = Quantizer(format: .e2m1, granularity: gran)
+                guard (try? gran.layout(rows: rows, cols: cols)) != nil else { continue }
+                let c = Self.residualCase(rows: rows, cols: cols, seed: UInt64(si + 50))
+                var codes = [UInt8](repeating: 0, count: q.codeBytes(count: rows * cols))
+                let ts = try q.quantize(c.x, rows: rows, cols: cols, codes: &codes)
+                let scales = ts.groups.map { $0.scale }
+                var a = [Float](repeating: .nan, count: rows * cols), b = a
+                try c.indptr.withUnsafeBufferPointer { ip in
+                    try c.indices.withUnsafeBufferPointer { ix in
+                        try c.values.withUnsafeBufferPointer { vs in
+                            try q.dequantize(codes: codes, rows: rows, cols: cols, scales: scales, tensorScale: 1, into: &a)
+                            OCC.scatterAdd(indptr: ip.baseAddress!, indices: ix.baseAddress!, values: vs.baseAddress!,
+                                           rows: rows, cols: cols, into: &a)
+                            try q.dequantize(codes: codes, rows: rows, cols: cols, scales: scales, tensorScale: 1, into: &b,
+                                             residual: CSRResidual(indptr: ip.baseAddress!, indices: ix.baseAddress!,
+                                                                   values: vs.baseAddress!))
+                        }
+                    }
+                }
+                assertBitwiseEqual(b, a, "\(rows)x\(cols) \(gran)")
+            }
+        }
+    }
+}
+
+/// Small deterministic generator for the tests above.
+private struct SplitMix {
+    var state: UInt64
+    init(_ seed: UInt64) { state = seed &* 0x9E37_79B9_7F4A_7C15 &+ 1 }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        return CounterRNG.mix(state)
+    }
+    mutating func uniform() -> Float { Float(next() >> 40) * 0x1p-24 }
+    mutating func normal() -> Float {
+        let u1 = Swift.max(uniform(), 1e-7), u2 = uniform()
+        return (-2 * Foundation.log(u1)).squareRoot() * Foundation.cos(2 * .pi * u2)
     }
 }

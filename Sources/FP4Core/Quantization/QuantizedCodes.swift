@@ -67,7 +67,7 @@ extension Quantizer {
                                 Quantizer.codeSegmentPacked(x, codes, fake, start..<end,
                                                             TwoLevelScaling(sb: g.scale, tensorScale: g.tensorScale), fp4)
                             } else {
-                                Quantizer.codeSegmentPacked(x, codes, fake, start..<end, DivideScaling(s: g.scale), fp4)
+                                Quantizer.codeSegmentPackedDivide(x, codes, fake, start..<end, g.scale, fp4)
                             }
                         }
                     }
@@ -140,6 +140,36 @@ extension Quantizer {
         }
     }
 
+    /// `codeSegmentPacked` with `DivideScaling(s: s)`; for e2m1, blocks of 8 elements starting
+    /// at an even index go through the SIMD8 kernel `E2M1Kernel` (same bits), the rest
+    /// through `codeSegmentPacked`.
+    @inline(__always)
+    static func codeSegmentPackedDivide(
+        _ x: UnsafePointer<Float>, _ codes: UnsafeMutablePointer<UInt8>, _ fake: UnsafeMutablePointer<Float>?,
+        _ range: Range<Int>, _ s: Float, _ fp4: FP4NearestEven
+    ) {
+        guard fp4.isE2M1 else {
+            codeSegmentPacked(x, codes, fake, range, DivideScaling(s: s), fp4)
+            return
+        }
+        var i = range.lowerBound
+        let end = range.upperBound
+        if i < end && i & 1 == 1 {
+            codeSegmentPacked(x, codes, fake, i..<(i + 1), DivideScaling(s: s), fp4)
+            i += 1
+        }
+        let blocks = (end - i) >> 3
+        if blocks > 0 {
+            if let fake {
+                E2M1Kernel.encodeBlocks(x + i, codes + (i >> 1), fake + i, blocks, s)
+            } else {
+                E2M1Kernel.encodeBlocks(x + i, codes + (i >> 1), blocks, s)
+            }
+            i += 8 * blocks
+        }
+        if i < end { codeSegmentPacked(x, codes, fake, i..<end, DivideScaling(s: s), fp4) }
+    }
+
     /// `codeSegmentPacked` of a group with a zero scale: signed zeros.
     static func zeroSegmentPacked(_ x: UnsafePointer<Float>, _ codes: UnsafeMutablePointer<UInt8>,
                                   _ fake: UnsafeMutablePointer<Float>?, _ range: Range<Int>) {
@@ -171,10 +201,11 @@ extension Quantizer {
     }
 
     /// Decodes codes with per-group float scales (`scales[g]`; nvfp4: float(sb), with
-    /// `tensorScale` S) into x̂, row-major [rows, cols].
+    /// `tensorScale` S) into x̂, row-major [rows, cols]. `residual`, when given, is added into
+    /// each row right after it is decoded (the same additions as `OCC.scatterAdd` afterwards).
     public func dequantize(codes: UnsafePointer<UInt8>, rows: Int, cols: Int,
                            scales: UnsafePointer<Float>, tensorScale: Float,
-                           into out: UnsafeMutablePointer<Float>) throws {
+                           into out: UnsafeMutablePointer<Float>, residual: CSRResidual? = nil) throws {
         try validate()
         let L = try granularity.layout(rows: rows, cols: cols)
         let table = ElementCodec.of(format).decodeTable
@@ -194,6 +225,7 @@ extension Quantizer {
                             Quantizer.decodeSegment(codes, packed, tb, range, DivideScaling(s: s), out)
                         }
                     }
+                    if let residual { residual.add(row: r, into: out + r * L.cols, cols: L.cols) }
                 }
             }
         }
@@ -213,10 +245,18 @@ extension Quantizer {
             }
             let pairs = (end - i) >> 1
             let bp = codes + (i >> 1), op = out + i
-            for p in 0..<pairs {
-                let b = UInt32(bp[p])
-                op[2 * p] = scaling.fromGrid(d.value(b & 0xF))
-                op[2 * p + 1] = scaling.fromGrid(d.value(b >> 4))
+            if d.isE2M1 {
+                for p in 0..<pairs {
+                    let b = UInt32(bp[p])
+                    op[2 * p] = scaling.fromGrid(FP4Decoder.valueE2M1(b & 0xF))
+                    op[2 * p + 1] = scaling.fromGrid(FP4Decoder.valueE2M1(b >> 4))
+                }
+            } else {
+                for p in 0..<pairs {
+                    let b = UInt32(bp[p])
+                    op[2 * p] = scaling.fromGrid(d.value(b & 0xF))
+                    op[2 * p + 1] = scaling.fromGrid(d.value(b >> 4))
+                }
             }
             i += 2 * pairs
             if i < end { out[i] = scaling.fromGrid(d.value(UInt32(codes[i >> 1] & 0xF))) }
@@ -238,6 +278,8 @@ struct FP4NearestEven {
     // ">=". Steps d_k as bit patterns. All plain scalars, kept in registers in the loops.
     let u0, u1, u2, u3, u4, u5, u6: UInt32
     let d0, d1, d2, d3, d4, d5, d6: UInt32
+    /// The format is e2m1: `Quantizer.codeSegmentPackedDivide` takes the SIMD8 kernel.
+    let isE2M1: Bool
 
     init?(_ f: MiniFloatFormat) {
         guard f.isFP4, f.overflow == .saturate, f.maxFiniteMagnitudeCode == 7 else { return nil }
@@ -252,6 +294,7 @@ struct FP4NearestEven {
         }
         (u0, u1, u2, u3, u4, u5, u6) = (u[0], u[1], u[2], u[3], u[4], u[5], u[6])
         (d0, d1, d2, d3, d4, d5, d6) = (d[0], d[1], d[2], d[3], d[4], d[5], d[6])
+        isE2M1 = f == .e2m1
     }
 
     /// Code (sign bit 8 | magnitude code) and signed grid value of the grid-scaled value v.
@@ -282,10 +325,23 @@ struct FP4NearestEven {
 /// magnitudes (sign-magnitude: code c + 8 is the magnitude of c with the sign bit set).
 struct FP4Decoder {
     let m0, m1, m2, m3, m4, m5, m6, m7: Float
+    /// The magnitudes are e2m1's (0, 0.5, 1, 1.5, 2, 3, 4, 6): `valueE2M1` applies.
+    let isE2M1: Bool
 
     init(_ table: UnsafeBufferPointer<Float>) {
         (m0, m1, m2, m3) = (table[0], table[1], table[2], table[3])
         (m4, m5, m6, m7) = (table[4], table[5], table[6], table[7])
+        let e2m1: [Float] = [0, 0.5, 1, 1.5, 2, 3, 4, 6]
+        isE2M1 = (0..<8).allSatisfy { table[$0].bitPattern == e2m1[$0].bitPattern }
+    }
+
+    /// `value` for e2m1, arithmetically: magnitude code m ≥ 2 is the float with bits
+    /// (m + 252) << 22 (exponent m / 2 − 1, mantissa bit m & 1); m = 0, 1 are m · 0.5.
+    @inline(__always)
+    static func valueE2M1(_ c: UInt32) -> Float {
+        let m = c & 7
+        let v = m < 2 ? Float(m) * 0.5 : Float(bitPattern: (m &+ 252) << 22)
+        return Float(bitPattern: v.bitPattern | ((c & 8) << 28))
     }
 
     @inline(__always)
@@ -316,4 +372,59 @@ public func packNibbles(_ codes: UnsafePointer<UInt8>, count: Int, into packed: 
 /// Inverse of `packNibbles`.
 public func unpackNibbles(_ packed: UnsafePointer<UInt8>, count: Int, into codes: UnsafeMutablePointer<UInt8>) {
     for i in 0..<count { codes[i] = (packed[i >> 1] >> UInt8((i & 1) << 2)) & 0xF }
+}
+
+/// e2m1 nearest-even coding of 8 elements at a time (v = x / s, x̂ = q · s), the same bits as
+/// `FP4NearestEven.encode` / `GridParameters.roundNearestEvenMantissa`: with a = min(|v|, 6)
+/// and e = max(floor(log2 a), 0), the e2m1 quantum in binade e is 2^(e − 1), and
+/// t = a + 2^(e + 22) rounds a to k quanta, ties to even (the IEEE add rounds at exactly that
+/// bit), so t − 2^(e + 22) is the rounded magnitude (exact) and k = bits(t) & 7 (k ≤ 4). The
+/// magnitude code is k + 2e (e = 0: k = 0 ... 4; e = 1: k = 2 ... 4; e = 2: k = 2, 3).
+/// Only SIMD arithmetic, bitwise operators and shifts (see `QuartetKernels`: comparisons and
+/// selects on SIMD types can compile to per-lane code).
+enum E2M1Kernel {
+    typealias K = QuartetKernels
+
+    /// Codes (sign bit 8 | magnitude code) and signed grid values of the grid-scaled v.
+    @inline(__always)
+    static func encode(_ v: SIMD8<Float>) -> (code: SIMD8<UInt32>, q: SIMD8<Float>) {
+        let b = K.bits(v)
+        let sign = b & 0x8000_0000
+        let a = K.minNonNegative(K.float(b & 0x7FFF_FFFF), 6)
+        let e = K.int(K.bits(a) & 0x7F80_0000) &- 0x3F80_0000
+        let e0 = K.uint(e & ~(e &>> 31))  // max(e, 0) << 23
+        let magic = K.float(e0 &+ 0x4A80_0000)  // 2^(max(e, 0) + 22)
+        let t = a + magic
+        let code = (K.bits(t) & 7) &+ (e0 &>> 22) | (sign &>> 28)
+        return (code, K.float(K.bits(t - magic) | sign))
+    }
+
+    /// 8 codes packed two per byte.
+    @inline(__always)
+    static func pack(_ c: SIMD8<UInt32>) -> UInt32 {
+        let w = unsafeBitCast(c, to: SIMD4<UInt64>.self)
+        return unsafeBitCast(SIMD4<UInt8>(truncatingIfNeeded: w | (w &>> 28)), to: UInt32.self)
+    }
+
+    /// `blocks` blocks of 8: codes into codes[0 ..< 4 · blocks], x̂ into fake[0 ..< 8 · blocks].
+    static func encodeBlocks(_ x: UnsafePointer<Float>, _ codes: UnsafeMutablePointer<UInt8>,
+                             _ fake: UnsafeMutablePointer<Float>, _ blocks: Int, _ s: Float) {
+        let sv = SIMD8<Float>(repeating: s)
+        let src = UnsafeRawPointer(x), dst = UnsafeMutableRawPointer(fake), cp = UnsafeMutableRawPointer(codes)
+        for k in 0..<blocks {
+            let (c, q) = encode(src.loadUnaligned(fromByteOffset: 32 * k, as: SIMD8<Float>.self) / sv)
+            cp.storeBytes(of: pack(c), toByteOffset: 4 * k, as: UInt32.self)
+            dst.storeBytes(of: q * sv, toByteOffset: 32 * k, as: SIMD8<Float>.self)
+        }
+    }
+
+    /// `encodeBlocks` without x̂.
+    static func encodeBlocks(_ x: UnsafePointer<Float>, _ codes: UnsafeMutablePointer<UInt8>, _ blocks: Int, _ s: Float) {
+        let sv = SIMD8<Float>(repeating: s)
+        let src = UnsafeRawPointer(x), cp = UnsafeMutableRawPointer(codes)
+        for k in 0..<blocks {
+            let c = encode(src.loadUnaligned(fromByteOffset: 32 * k, as: SIMD8<Float>.self) / sv).code
+            cp.storeBytes(of: pack(c), toByteOffset: 4 * k, as: UInt32.self)
+        }
+    }
 }

@@ -144,8 +144,9 @@ public enum LinearLayer {
                 guard let codes = saved.xCodes, let scalesOut = saved.xScales else {
                     throw FP4Error.invalid("a quantized input needs the code and scale buffers of the saved state")
                 }
+                // Compensation: ΔX is added to each row of the operand right after it is written.
                 guard let ts = try q.quantizeClamped(x, rows: T, cols: K, thresholds: c.thresholds, perRow: c.perRow, minMax: c.minMax,
-                                                     codes: codes, dequantized: buffer) else {
+                                                     codes: codes, dequantized: buffer, residual: residualAdded(saved)) else {
                     throw FP4Error.invalid("internal: the input quantizer cannot clamp while quantizing")
                 }
                 for g in 0..<ts.groups.count { scalesOut[g] = ts.groups[g].scale }
@@ -156,7 +157,7 @@ public enum LinearLayer {
                 try q.fakeQuantize(source, rows: T, cols: K, into: buffer, nonFinite: .raise)
             }
             withExtendedLifetime(clamped) {}
-            if let occ = recipe.occ, occ.compensate, saved.residualNNZ > 0 {
+            if clampInQuantizer == nil, let occ = recipe.occ, occ.compensate, saved.residualNNZ > 0 {
                 // Q(X_c)·W_qᵀ + ΔX·W_qᵀ = (Q(X_c) + ΔX)·W_qᵀ: one GEMM on the sum.
                 scatterResidual(saved, rows: T, cols: K, into: buffer)
             }
@@ -234,11 +235,10 @@ public enum LinearLayer {
                 }
                 let buffer = Scratch(T * K)
                 xd = buffer
-                try q.dequantize(codes: codes, rows: T, cols: K, scales: scales, tensorScale: saved.xTensorScale, into: buffer.pointer)
-                if let occ = recipe.occ, occ.compensate, recipe.savesForwardInput, saved.residualNNZ > 0 {
-                    // dYᵀ·X_q + dYᵀ·ΔX = dYᵀ·(X_q + ΔX).
-                    scatterResidual(saved, rows: T, cols: K, into: buffer.pointer)
-                }
+                // dYᵀ·X_q + dYᵀ·ΔX = dYᵀ·(X_q + ΔX): ΔX added row by row as X_q is decoded.
+                let compensated = recipe.occ?.compensate == true && recipe.savesForwardInput
+                try q.dequantize(codes: codes, rows: T, cols: K, scales: scales, tensorScale: saved.xTensorScale, into: buffer.pointer,
+                                 residual: compensated ? residualAdded(saved) : nil)
                 xOperand = UnsafePointer(buffer.pointer)
             } else {
                 guard let x else { throw FP4Error.invalid("a float32-input recipe needs x in the backward") }
@@ -290,6 +290,13 @@ public enum LinearLayer {
         let xr = try operand(x, rows: K, input, nonFinite: .propagate)
         BLAS.gemm(transA: false, transB: true, m: N, n: K, k: tp, a: g.pointer, b: xr.pointer, c: dw)
         withExtendedLifetime((g, xr)) {}
+    }
+
+    /// The saved residual for a kernel that adds it row by row (nil when it is empty).
+    static func residualAdded(_ saved: LinearSaved) -> CSRResidual? {
+        guard saved.residualNNZ > 0, let ip = saved.residualIndptr, let ix = saved.residualIndices,
+              let vs = saved.residualValues else { return nil }
+        return CSRResidual(indptr: ip, indices: ix, values: vs)
     }
 
     static func scatterResidual(_ saved: LinearSaved, rows: Int, cols: Int, into x: UnsafeMutablePointer<Float>) {
