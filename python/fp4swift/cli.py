@@ -100,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a small LLaMA- or GPT-2-style model under several precision recipes "
                                      "side by side",
                        description="Trains one byte-level LLaMA-style (--arch gpt2: GPT-2-style) model per recipe "
-                                   "from the same initialization and data order, then prints and saves a summary "
+                                   "from the same initialization and data order (the recipes take turns of 10 steps, so "
+                                   "that a shared machine's load changes hit all of them alike and tokens/s compare), "
+                                   "then prints and saves a summary "
                                    "table and a loss-curve plot. Output: DIR/config.json, DIR/run.json (parameter "
                                    "counts and tokens trained, for `fp4swift scaling-law`), DIR/<recipe>/metrics.csv "
                                    "and checkpoint.pt, DIR/loss_curves.png, DIR/summary.md and summary.csv. Ctrl-C "

@@ -23,7 +23,7 @@ import fp4swift as f4  # noqa: E402
 from fp4swift import cli  # noqa: E402
 from fp4swift.train import data as tdata  # noqa: E402
 from fp4swift.train.model import ModelConfig, build_model, count_parameters  # noqa: E402
-from fp4swift.train.runner import read_metrics  # noqa: E402
+from fp4swift.train.runner import INTERLEAVE_STEPS, read_metrics  # noqa: E402
 
 TINY = ["--d-model", "32", "--layers", "1", "--heads", "2", "--seq-len", "32", "--batch-size", "4",
         "--no-progress", "--threads", "1"]
@@ -206,8 +206,8 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, corpus, capsys):
     rc, cap = _train(common + ["--out", str(tmp_path / "a")], capsys)
     assert rc == 0, cap.err
     b = tmp_path / "b"
-    # interrupted inside the second recipe (or, fp32 only, inside the first), between checkpoints
-    stop = 12 + 7 if "," in recipes else 7
+    # interrupted inside the second recipe's first turn (or, fp32 only, inside the first), between checkpoints
+    stop = INTERLEAVE_STEPS + 7 if "," in recipes else 7
     rc, cap = _train(common + ["--out", str(b), "--stop-after", str(stop)], capsys)
     assert rc == 130
     assert f"fp4swift train --resume --out {b}" in cap.err
@@ -215,6 +215,8 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, corpus, capsys):
     last = recipes.split(",")[-1]
     rows = read_metrics(b / last / "metrics.csv")
     assert rows[-1]["step"] == 7  # the stop checkpoint holds exactly the steps done
+    if "," in recipes:  # the recipe waiting for its next turn wrote its checkpoint too
+        assert read_metrics(b / "fp32" / "metrics.csv")[-1]["step"] == INTERLEAVE_STEPS
     # a changed training flag is refused on resume
     rc, cap = _train(["--resume", "--out", str(b), "--steps", "13", "--no-progress"], capsys)
     assert rc == 2 and "--steps" in cap.err
@@ -226,6 +228,18 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, corpus, capsys):
     # resuming a finished run changes nothing
     rc, cap = _train(["--resume", "--out", str(b), "--no-progress"], capsys)
     assert rc == 0 and "already finished" in cap.out
+
+
+@pytest.mark.skipif(not _has_fp4_torch(), reason="needs fp4swift.torch")
+def test_recipes_in_turns_give_the_numbers_of_a_recipe_alone(tmp_path, corpus, capsys):
+    """The recipes train in turns of INTERLEAVE_STEPS steps; a recipe's losses must not depend on that."""
+    common = TINY + ["--steps", str(2 * INTERLEAVE_STEPS + 3), "--eval-every", "5", "--data", corpus]
+    rc, cap = _train(common + ["--recipes", "fp32,wang2025", "--out", str(tmp_path / "both")], capsys)
+    assert rc == 0, cap.err
+    rc, cap = _train(common + ["--recipes", "wang2025", "--out", str(tmp_path / "alone")], capsys)
+    assert rc == 0, cap.err
+    assert _loss_columns(tmp_path / "both" / "wang2025" / "metrics.csv") == \
+        _loss_columns(tmp_path / "alone" / "wang2025" / "metrics.csv")
 
 
 def test_ctrl_c_writes_a_checkpoint_and_resume_is_exact(tmp_path, corpus):

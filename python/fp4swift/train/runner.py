@@ -37,7 +37,7 @@ import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -480,6 +480,13 @@ class RecipeResult:
         return self.tokens / self.train_time if self.train_time > 0 else float("nan")
 
 
+#: The recipes train in turns of this many steps (round-robin), so that a change of load on a
+#: shared machine hits every recipe alike and their tokens/s stay comparable (one recipe after
+#: the other, the ratio measured mostly the machine's drift). A recipe's numbers do not depend
+#: on the order: each has its own model and optimizer, and the data order is a function of the step.
+INTERLEAVE_STEPS = 10
+
+
 class Runner:
     """Trains every recipe of a TrainConfig into an output directory."""
 
@@ -540,11 +547,26 @@ class Runner:
                  f"{self.threads}, torch 1)")
         self.log(f"output: {self.out}")
         vals = val_batches(self.corpus.val, cfg.eval_batches, cfg.batch_size, cfg.seq_len)
-        results: List[RecipeResult] = []
-        for recipe in cfg.recipes:
-            results.append(self._run_recipe(recipe, vals, stop))
-            self.write_run_json(results)
-        return results
+        turns = {recipe: self._run_recipe(recipe, vals, stop, position=i) for i, recipe in enumerate(cfg.recipes)}
+        done: Dict[str, RecipeResult] = {}
+        try:
+            while turns:
+                for recipe in list(turns):
+                    try:
+                        next(turns[recipe])
+                    except StopIteration as finished:
+                        done[recipe] = finished.value
+                        del turns[recipe]
+                        self.write_run_json([done[r] for r in cfg.recipes if r in done])
+        except Interrupted:
+            # every recipe still in progress writes its checkpoint too (at its next turn's start)
+            for recipe in list(turns):
+                try:
+                    next(turns.pop(recipe))
+                except (Interrupted, StopIteration):
+                    pass
+            raise
+        return [done[r] for r in cfg.recipes]
 
     def write_run_json(self, results: List["RecipeResult"]) -> None:
         """DIR/run.json (see the module docstring) from the recipes finished so far."""
@@ -582,7 +604,10 @@ class Runner:
         }, path)
         atomic_write_text(os.path.join(os.path.dirname(path), "metrics.csv"), metrics_csv(rows))
 
-    def _run_recipe(self, recipe: str, vals: List[Tuple[np.ndarray, np.ndarray]], stop: _StopFlag) -> RecipeResult:
+    def _run_recipe(self, recipe: str, vals: List[Tuple[np.ndarray, np.ndarray]], stop: _StopFlag,
+                    position: int = 0) -> Iterator[None]:
+        """Trains one recipe, yielding after every INTERLEAVE_STEPS steps so that the caller can
+        give the other recipes their turns; returns (StopIteration.value) its RecipeResult."""
         assert self.corpus is not None and self.base is not None
         cfg = self.cfg
         rdir = os.path.join(self.out, recipe)
@@ -631,10 +656,16 @@ class Runner:
             from tqdm import tqdm
 
             bar = tqdm(total=cfg.steps, initial=step, desc=f"{recipe:>12}", unit="step", file=sys.stderr,
-                       dynamic_ncols=True, leave=True)
+                       dynamic_ncols=True, leave=True, position=position)
         last_val = next((r["val_loss"] for r in reversed(rows) if r.get("val_loss") is not None), None)
         try:
             while step < cfg.steps:
+                if step % INTERLEAVE_STEPS == 0 and step > 0:
+                    yield  # the other recipes' turns
+                    if stop.requested:
+                        self._checkpoint(ckpt_path, recipe, model, opt, step, rows, train_time, wall, False, None)
+                        raise Interrupted(f"stopped before {recipe} step {step + 1}")
+                    configure_threads(self.threads, fp4=resolve_recipe(recipe) is not None)
                 t_wall = time.perf_counter()
                 if schedule is not None and schedule.step(step):
                     self._say(f"[{recipe}] step {step}: switched every quantized layer to {plan[1]} "
