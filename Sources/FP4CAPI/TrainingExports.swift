@@ -155,6 +155,16 @@ func linearSaved(_ sp: UnsafePointer<fp4swift_linear_saved>?) throws -> LinearSa
                        residualValues: s.residual_values, residualCapacity: Int(s.residual_capacity), residualNNZ: Int(s.residual_nnz))
 }
 
+/// The saved state a forward writes into: its residual buffers must exist when it has room for a residual.
+func linearSavedToFill(_ sp: UnsafeMutablePointer<fp4swift_linear_saved>) throws -> LinearSaved {
+    let saved = try linearSaved(UnsafePointer(sp))
+    if saved.residualCapacity > 0,
+       saved.residualIndptr == nil || saved.residualIndices == nil || saved.residualValues == nil {
+        throw invalid("residual buffers are NULL but residual_capacity is \(saved.residualCapacity)")
+    }
+    return saved
+}
+
 @_cdecl("fp4swift_linear_saved_sizes")
 public func fp4swift_linear_saved_sizes(_ T: Int64, _ K: Int64, _ rp: UnsafePointer<fp4swift_linear_recipe>?,
                                         _ codes: UnsafeMutablePointer<Int64>?, _ scales: UnsafeMutablePointer<Int64>?,
@@ -176,11 +186,7 @@ public func fp4swift_linear_forward(_ x: UnsafePointer<Float>?, _ T: Int64, _ K:
         try checkLinearShapes(T, K, N)
         let recipe = try linearRecipe(rp)
         let savedPointer = try required(sp, "saved")
-        var saved = try linearSaved(UnsafePointer(savedPointer))
-        if saved.residualCapacity > 0,
-           saved.residualIndptr == nil || saved.residualIndices == nil || saved.residualValues == nil {
-            throw invalid("residual buffers are NULL but residual_capacity is \(saved.residualCapacity)")
-        }
+        var saved = try linearSavedToFill(savedPointer)
         guard T > 0, N > 0 else { return }
         try LinearLayer.forward(x: try required(x, "x"), tokens: Int(T), inFeatures: Int(K), w: try required(w, "w"), outFeatures: Int(N),
                                 bias: bias, recipe: recipe, y: try required(y, "y"), saved: &saved)
@@ -197,11 +203,7 @@ public func fp4swift_linear_prepare_input(_ x: UnsafePointer<Float>?, _ T: Int64
         try checkLinearShapes(T, K, 0)
         let recipe = try linearRecipe(rp)
         let savedPointer = try required(sp, "saved")
-        var saved = try linearSaved(UnsafePointer(savedPointer))
-        if saved.residualCapacity > 0,
-           saved.residualIndptr == nil || saved.residualIndices == nil || saved.residualValues == nil {
-            throw invalid("residual buffers are NULL but residual_capacity is \(saved.residualCapacity)")
-        }
+        var saved = try linearSavedToFill(savedPointer)
         guard T > 0 else { return }
         if recipe.input != nil, operand == nil { throw invalid("x_operand is NULL but the recipe quantizes X") }
         try LinearLayer.prepareInput(x: try required(x, "x"), tokens: Int(T), inFeatures: Int(K), recipe: recipe,

@@ -655,18 +655,11 @@ def linear_forward(x: Any, w: Any, b: Any = None, recipe: Any = "wang2025",
     if prepared is not None:
         return _forward_prepared(x, w, b, r, prepared)
     xa = as_float32(x, "x")
-    wa = _weight(w)
     if xa.ndim == 0:
         raise ValueError("x must have at least one dimension (its last one is in_features)")
     T, K = as_matrix_shape(xa.shape)
+    wa, ba = _weight_and_bias(w, b, K)
     N = wa.shape[0]
-    if wa.shape[1] != K:
-        raise ValueError(f"x has {K} input features but w is {wa.shape} (expected [N, {K}])")
-    ba = None
-    if b is not None:
-        ba = as_float32(b, "b")
-        if ba.shape != (N,):
-            raise ValueError(f"b must have shape ({N},), got {ba.shape}")
     if r.kind == "quartet":
         r.validate()
         qs = QuartetSaved(r, xa.shape, T, K, N, wa, ba is not None, next(_CALLS))
@@ -687,6 +680,20 @@ def linear_forward(x: Any, w: Any, b: Any = None, recipe: Any = "wang2025",
     return y, saved
 
 
+def _weight_and_bias(w: Any, b: Any, K: int) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """W as float32 [N, K] and b as float32 [N] (or None), checked against X's K."""
+    wa = _weight(w)
+    N = wa.shape[0]
+    if wa.shape[1] != K:
+        raise ValueError(f"x has {K} input features but w is {wa.shape} (expected [N, {K}])")
+    ba = None
+    if b is not None:
+        ba = as_float32(b, "b")
+        if ba.shape != (N,):
+            raise ValueError(f"b must have shape ({N},), got {ba.shape}")
+    return wa, ba
+
+
 def _forward_prepared(x: Any, w: Any, b: Any, r: Recipe, p: PreparedInput) -> Tuple[np.ndarray, LinearSaved]:
     if not isinstance(p, PreparedInput):
         raise TypeError(f"prepared must come from prepare_input, got {type(p).__name__}")
@@ -698,16 +705,9 @@ def _forward_prepared(x: Any, w: Any, b: Any, r: Recipe, p: PreparedInput) -> Tu
             raise ValueError("x is not the array prepare_input saw (pass x=None to use the prepared one)")
     if p.state.consumed:
         raise _native.FP4StateError("this prepared input's buffers were released")
-    wa = _weight(w)
     T, K = p.state.tokens, p.state.in_features
+    wa, ba = _weight_and_bias(w, b, K)
     N = wa.shape[0]
-    if wa.shape[1] != K:
-        raise ValueError(f"x has {K} input features but w is {wa.shape} (expected [N, {K}])")
-    ba = None
-    if b is not None:
-        ba = as_float32(b, "b")
-        if ba.shape != (N,):
-            raise ValueError(f"b must have shape ({N},), got {ba.shape}")
     y = np.empty(p.x.shape[:-1] + (N,), dtype=np.float32)
     status = _native.lib.fp4swift_linear_forward_prepared(farg(p.operand), T, K, farg(wa), N,
                                                           farg(ba) if ba is not None else None, _recipe_c(r).ref, farg(y))
