@@ -493,8 +493,9 @@ def format_report(rep: Dict[str, Any], include_attention_core: bool = True) -> s
     if m["name"] == "llama-7b" and m["seq_len"] == 4096:
         lay = {b: sum(flops[b].values()) for b in ("mlp", "attention", ATTENTION_CORE)}
         lay_tot = sum(lay.values())
-        lines.append(f"vs the secondary source's LLaMA-7B 4K split (FFN 57%, attention linears 28.7%, attention core "
-                     f"14.3%; no LM head): here, without the LM head, FFN {100 * lay['mlp'] / lay_tot:.1f}%, attention "
+        ref = REFERENCE_SPLIT_LLAMA7B
+        lines.append(f"vs the secondary source's LLaMA-7B 4K split (FFN {100 * ref['mlp']:.0f}%, attention linears "
+                     f"{100 * ref['attention']:.1f}%, attention core {100 * ref[ATTENTION_CORE]:.1f}%; no LM head): here, without the LM head, FFN {100 * lay['mlp'] / lay_tot:.1f}%, attention "
                      f"linears {100 * lay['attention'] / lay_tot:.1f}%, attention core "
                      f"{100 * lay[ATTENTION_CORE] / lay_tot:.1f}%")
     lines.append("")

@@ -113,7 +113,7 @@ def test_own_model_defaults_by_hand():
 def test_own_model_matches_train_config(over):
     # cost.py keeps TrainConfig's defaults and ModelConfig's hidden rule without importing torch
     pytest.importorskip("torch")
-    from fp4swift.train.runner import TrainConfig
+    from fp4swift.train.config import TrainConfig
 
     mc = TrainConfig(**over).model_config()
     mc.validate()

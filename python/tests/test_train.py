@@ -23,7 +23,8 @@ import fp4swift as f4  # noqa: E402
 from fp4swift import cli  # noqa: E402
 from fp4swift.train import data as tdata  # noqa: E402
 from fp4swift.train.model import ModelConfig, build_model, count_parameters  # noqa: E402
-from fp4swift.train.runner import INTERLEAVE_STEPS, read_metrics  # noqa: E402
+from fp4swift.train.outputs import read_metrics  # noqa: E402
+from fp4swift.train.runner import INTERLEAVE_STEPS  # noqa: E402
 
 TINY = ["--d-model", "32", "--layers", "1", "--heads", "2", "--seq-len", "32", "--batch-size", "4",
         "--no-progress", "--threads", "1"]
