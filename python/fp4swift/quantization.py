@@ -16,7 +16,14 @@ FORMATS = _native.names(_native.TABLE_FORMAT)
 GRANULARITIES = _native.names(_native.TABLE_GRANULARITY)
 SCALE_RULES = _native.names(_native.TABLE_SCALE_RULE)
 ROUNDINGS = _native.names(_native.TABLE_ROUNDING)
-NONFINITE_POLICIES = ["propagate", "raise"]
+#: Non-finite policies and their ABI values (FP4SWIFT_NONFINITE_*).
+NONFINITE_CODES = {"propagate": _native.NONFINITE_PROPAGATE, "raise": _native.NONFINITE_RAISE}
+NONFINITE_POLICIES = list(NONFINITE_CODES)
+#: Granularities and their ABI values (FP4SWIFT_GRANULARITY_*; the same indices as the library's
+#: name table, python/tests/test_abi_mirror.py checks).
+GRANULARITY_CODES = {"tensor": _native.GRANULARITY_TENSOR, "row": _native.GRANULARITY_ROW,
+                     "column": _native.GRANULARITY_COLUMN, "block": _native.GRANULARITY_BLOCK,
+                     "block2d": _native.GRANULARITY_BLOCK2D}
 
 #: Default block sizes when a block granularity is named without `block=`.
 DEFAULT_BLOCK = {"block": 32, "block2d": 16}
@@ -116,9 +123,9 @@ class QuantizerSpec:
 
     def to_c(self) -> _native.Quantizer:
         return _native.Quantizer(
-            FORMATS.index(self.fmt), GRANULARITIES.index(self.granularity), self.block,
+            FORMATS.index(self.fmt), GRANULARITY_CODES[self.granularity], self.block,
             SCALE_RULES.index(self.scale_rule), ROUNDINGS.index(self.rounding),
-            NONFINITE_POLICIES.index(self.nonfinite), self.seed,
+            NONFINITE_CODES[self.nonfinite], self.seed,
         )
 
     def layout(self, rows: int, cols: int) -> Tuple[int, int]:
