@@ -1,4 +1,4 @@
-"""Module roles of a transformer's linear layers (spec §7), from their qualified names.
+"""Module roles of a transformer's linear layers (numerics.md §7), from their qualified names.
 
 A recipe's module policy (`Recipe.roles`) maps roles to recipes; `fp4swift.torch.convert`
 asks `module_role` for each linear. Names covered: this project's models, Hugging Face

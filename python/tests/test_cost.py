@@ -1,4 +1,4 @@
-"""The theoretical GEMM cost model (spec §7, `fp4swift cost`).
+"""The theoretical GEMM cost model (numerics.md §7, `fp4swift cost`).
 
 MAC counts are written out by hand here from the layer shapes (K·N per token and GEMM for a
 K-in, N-out linear; 2·seq·heads·head_dim per token and layer for Q·Kᵀ + P·V), independent of

@@ -593,7 +593,7 @@ def test_old_config_without_arch_resumes_as_llama(tmp_path, corpus, capsys):
 
 
 # ---------------------------------------------------------------------------------------
-# target-precision schedule (Zhou et al., spec §7)
+# target-precision schedule (Zhou et al., numerics.md §7)
 
 
 @pytest.mark.skipif(not _has_fp4_torch(), reason="needs fp4swift.torch")
