@@ -13,6 +13,7 @@ from . import _native
 from ._arrays import check_choice, check_positive
 from .outliers import OCC_GROUPS, check_alpha
 from .quantization import QuantizerSpec
+from .recipe_values import check_field_types, coerce_changes
 from .roles import ROLES
 
 
@@ -70,7 +71,10 @@ class Recipe:
     def replace(self, **changes: Any) -> "Recipe":
         """A modified copy. Besides the fields, accepts shortcuts applied to both X and W:
         `fmt=`, `granularity=` (e.g. 'tensor' for tensor-wise scaling), and
-        `grad_fp8=True` (dY cast to e5m2 with a per-tensor pow2 scale, as the paper's framework)."""
+        `grad_fp8=True` (dY cast to e5m2 with a per-tensor pow2 scale, as the paper's framework).
+        Quantizer fields take a QuantizerSpec, a format name, 'FMT/GRANULARITY[/RULE[/ROUNDING]]'
+        or none; switches (occ, compensate, dge) a bool (see fp4swift.recipe_values)."""
+        changes = coerce_changes(self, changes)
         fmt = changes.pop("fmt", None)
         gran = changes.pop("granularity", None)
         grad_fp8 = changes.pop("grad_fp8", None)
@@ -126,6 +130,7 @@ class Recipe:
 
     def _validate(self) -> None:
         check_choice(self.kind, RECIPE_KINDS, "recipe kind")
+        check_field_types(self)
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or not 0 <= int(self.seed) < 2**64:
             raise ValueError(f"seed must be an int in [0, 2**64), got {self.seed!r}")
         if self.kind == "quartet":

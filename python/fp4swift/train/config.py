@@ -70,6 +70,14 @@ class TrainConfig:
                 raise RunError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise RunError(f"--lr must be a positive number, got {self.lr}")
+        if self.warmup < -1:  # -1 is the stored default (steps // 20)
+            raise RunError(f"--warmup must be 0 or more steps, got {self.warmup}")
+        if self.mlp_hidden < 0:  # 0 is the default width
+            raise RunError(f"--mlp-hidden must be positive, got {self.mlp_hidden}")
+        for name in ("min_lr_ratio", "weight_decay", "grad_clip"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise RunError(f"{name} must be a finite number >= 0, got {v}")
         if self.tokens is not None and self.tokens <= 0:
             raise RunError(f"--tokens must be positive, got {self.tokens}")
         if self.switch_at is not None and not 0 <= self.switch_at <= 1:
@@ -118,6 +126,11 @@ def config_from_args(args: Any, base: Optional[TrainConfig] = None) -> TrainConf
         if k == "data":
             v = os.path.abspath(v)
         d[k] = v
+    for flag in ("warmup", "mlp_hidden"):  # 0 / -1 mean "the default" in config.json, not as flags
+        v = getattr(args, flag, None)
+        if v is not None and v < (0 if flag == "warmup" else 1):
+            raise RunError(f"--{flag.replace('_', '-')} must be {'0 or more' if flag == 'warmup' else 'positive'}, "
+                           f"got {v}")
     if getattr(args, "steps", None) is not None:
         d["tokens"] = None
     if d.get("tokens") is not None:

@@ -41,8 +41,12 @@ def _split_schedule(spec: str) -> Tuple[str, Dict[str, str]]:
     """(the spec without its schedule keys, {key: value} of those keys)."""
     name, *mods = spec.split(":")
     keep, sched = [name], {}
+    seen = set()
     for m in mods:
         key, eq, val = m.partition("=")
+        if eq and key.strip() in seen:
+            raise RunError(f"recipe {spec!r}: {key.strip()} is given twice")
+        seen.add(key.strip())
         if eq and key.strip() in SCHEDULE_KEYS:
             sched[key.strip()] = val.strip()
         else:
