@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from typing import List, Optional
@@ -41,20 +42,35 @@ def _median_time(fn, repeats: int = 5) -> float:
 def cmd_formats(args: argparse.Namespace) -> int:
     import fp4swift as f4
 
+    def error(msg: str) -> int:
+        print(f"fp4swift formats: error: {msg}", file=sys.stderr)
+        return 2
+
     if args.input:
         try:
-            x = np.load(args.input)
+            x = np.load(args.input, allow_pickle=False)
         except (OSError, ValueError) as e:
-            print(f"fp4swift formats: cannot read {args.input}: {e}", file=sys.stderr)
-            return 2
+            return error(f"cannot read {args.input}: {e}")
+        if not isinstance(x, np.ndarray) or x.dtype.kind not in "fiub" or x.dtype == np.bool_:
+            return error(f"{args.input} must hold one numeric array, got {getattr(x, 'dtype', type(x).__name__)}")
         source = args.input
     else:
+        for flag in ("rows", "cols"):
+            if getattr(args, flag) <= 0:
+                return error(f"--{flag} must be positive, got {getattr(args, flag)}")
+        if args.rows * args.cols > 1 << 28:
+            return error(f"--rows x --cols = {args.rows * args.cols:,} elements is too large (at most {1 << 28:,})")
+        if args.seed < 0:
+            return error(f"--seed must be 0 or more, got {args.seed}")
         x = _activation_like(args.rows, args.cols, args.seed)
         source = f"synthetic activation-like tensor {args.rows}x{args.cols} (Student-t(4) + outlier channels)"
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim == 0 or x.size == 0:
-        print("fp4swift formats: the input tensor is empty", file=sys.stderr)
-        return 2
+        return error("the input tensor is empty")
+    bad = int(np.count_nonzero(~np.isfinite(x)))
+    if bad:
+        return error(f"the input holds {bad:,} non-finite value(s) (NaN or inf, or beyond float32's range); "
+                     f"the table needs finite values")
     out = np.empty_like(x)
     copy_t = _median_time(lambda: np.copyto(out, x))
     configs = [
@@ -255,7 +271,19 @@ def _cmd_cost(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        status = int(args.func(args))
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:
+        # `fp4swift cost | head`: the reader went away; end quietly, as a command killed by
+        # SIGPIPE would (exit 141), and keep Python from complaining when it flushes at exit.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 128 + 13
 
 
 if __name__ == "__main__":

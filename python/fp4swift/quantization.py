@@ -210,7 +210,8 @@ def fake_quantize(x: Any, fmt: str = "e2m1", granularity: str = "row", scale_rul
     rounding: 'nearest_even', 'nearest_away', 'stochastic' (draws depend on seed and flat index).
     nonfinite: 'propagate' sets every output of a group holding NaN/inf to NaN (and warns with
     the count); 'raise' raises NonFiniteError naming the first offending flat index.
-    out: optional C-contiguous float32 array of x's shape to write into (may be x itself).
+    out: optional C-contiguous float32 array of x's shape to write into (may be x itself; an out
+    that partly overlaps x gets x copied first, so the result is always that of a fresh out).
     Returns float32 with x's shape (`out` when given).
     """
     spec = QuantizerSpec.make(fmt, granularity, scale_rule, rounding, block, seed, nonfinite)
@@ -227,11 +228,24 @@ def _check_out(out: np.ndarray, shape: Tuple[int, ...]) -> np.ndarray:
     return out
 
 
+def _unaliased(a: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """`a`, or a copy of it when `out` overlaps it without being it: the kernels read and write
+    element by element in groups, so `out is x` (the same buffer) works in place, but a shifted
+    overlap would read inputs the call has already overwritten. Both arrays are C-contiguous,
+    so overlapping address ranges mean shared elements."""
+    if out.ctypes.data != a.ctypes.data and np.may_share_memory(a, out):
+        return a.copy()
+    return a
+
+
 def fake_quantize_with(x: Any, spec: QuantizerSpec, out: Optional[np.ndarray] = None) -> np.ndarray:
     """`fake_quantize` with a prepared QuantizerSpec."""
     a = as_float32(x)
     rows, cols = as_matrix_shape(a.shape)
-    out = np.empty(a.shape, dtype=np.float32) if out is None else _check_out(out, a.shape)
+    if out is None:
+        out = np.empty(a.shape, dtype=np.float32)
+    else:
+        a = _unaliased(a, _check_out(out, a.shape))
     bad = ctypes.c_int64(0)
     q = spec.to_c()
     _native.check(_native.lib.fp4swift_fake_quantize(fptr(a), rows, cols, ctypes.byref(q), fptr(out), ctypes.byref(bad)))

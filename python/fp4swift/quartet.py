@@ -9,7 +9,7 @@ import numpy as np
 
 from . import _native
 from ._arrays import as_float32, as_matrix_shape, fptr
-from .quantization import QuantizerSpec, _check_out
+from .quantization import QuantizerSpec, _check_out, _unaliased
 
 
 def hadamard(x: Any, block: int = 32, signs: Any = None, out: Optional[np.ndarray] = None) -> np.ndarray:
@@ -23,7 +23,7 @@ def hadamard(x: Any, block: int = 32, signs: Any = None, out: Optional[np.ndarra
 
     block: a power of two dividing the last dimension (32, 64, 128, ...).
     out: optional C-contiguous float32 array of x's shape to write into (may be x itself:
-    the rotation then happens in place).
+    the rotation then happens in place; an out that partly overlaps x gets x copied first).
     Returns float32 with x's shape (`out` when given).
     """
     a = as_float32(x)
@@ -44,7 +44,10 @@ def hadamard(x: Any, block: int = 32, signs: Any = None, out: Optional[np.ndarra
             raise ValueError(f"signs must have shape ({block},), got {d.shape}")
         if not np.all(np.abs(d) == 1):
             raise ValueError("signs must hold only +1 and -1")
-    out = np.empty(a.shape, dtype=np.float32) if out is None else _check_out(out, a.shape)
+    if out is None:
+        out = np.empty(a.shape, dtype=np.float32)
+    else:
+        a = _unaliased(a, _check_out(out, a.shape))
     _native.check(_native.lib.fp4swift_hadamard(fptr(a), rows, cols, block, fptr(d) if d is not None else None,
                                                 fptr(out)))
     return out

@@ -76,3 +76,99 @@ def test_directly_built_recipe_with_a_string_quantizer_is_a_type_error():
 def test_switches_accept_zero_and_one():
     assert f4.Recipe.get("wang2025").replace(dge=0).dge is False
     assert f4.Recipe.get("fp4-direct").replace(occ=np.True_).occ is True
+
+
+# ---------------------------------------------------------------------------------------
+# item 11: an out= that partly overlaps x
+
+
+@pytest.mark.parametrize("shift", [1, 7, 32, -5])
+def test_fake_quantize_into_a_partly_overlapping_out(shift):
+    rng = np.random.default_rng(11 + shift)
+    rows, cols = 6, 32
+    buf = rng.standard_normal(rows * cols + 64).astype(np.float32)
+    start = 32
+    x = buf[start:start + rows * cols].reshape(rows, cols)
+    out = buf[start + shift:start + shift + rows * cols].reshape(rows, cols)
+    for kw in (dict(granularity="row"), dict(granularity="tensor"), dict(granularity="block(16)", scale_rule="e8m0")):
+        buf2 = buf.copy()
+        x2 = buf2[start:start + rows * cols].reshape(rows, cols)
+        out2 = buf2[start + shift:start + shift + rows * cols].reshape(rows, cols)
+        expected = f4.fake_quantize(x2.copy(), **kw)
+        got = f4.fake_quantize(x2, out=out2, **kw)
+        assert got is out2
+        np.testing.assert_array_equal(got, expected)
+    assert x.shape == out.shape
+
+
+def test_fake_quantize_in_place_still_works():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 32)).astype(np.float32)
+    expected = f4.fake_quantize(x.copy())
+    got = f4.fake_quantize(x, out=x)
+    assert got is x
+    np.testing.assert_array_equal(x, expected)
+
+
+@pytest.mark.parametrize("shift", [1, 16, -3])
+def test_hadamard_into_a_partly_overlapping_out(shift):
+    rng = np.random.default_rng(21 + shift)
+    rows, cols = 4, 32
+    buf = rng.standard_normal(rows * cols + 64).astype(np.float32)
+    x = buf[32:32 + rows * cols].reshape(rows, cols)
+    out = buf[32 + shift:32 + shift + rows * cols].reshape(rows, cols)
+    expected = f4.hadamard(x.copy(), block=16)
+    np.testing.assert_array_equal(f4.hadamard(x, block=16, out=out), expected)
+    y = rng.standard_normal((rows, cols)).astype(np.float32)
+    expected = f4.hadamard(y.copy(), block=32)
+    np.testing.assert_array_equal(f4.hadamard(y, block=32, out=y), expected)
+
+
+# ---------------------------------------------------------------------------------------
+# item 12 (and item 7's pipes): `fp4swift formats` / `cost` misuse
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--rows", "-3"], "--rows must be positive"),
+    (["--cols", "0"], "--cols must be positive"),
+    (["--rows", "100000", "--cols", "100000"], "too large"),
+])
+def test_formats_bad_sizes_are_one_line(capsys, argv, needle):
+    from fp4swift import cli
+
+    assert cli.main(["formats"] + argv) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("fp4swift formats: error:") and needle in err[0]
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_formats_non_finite_input_is_one_line(tmp_path, capsys, bad):
+    from fp4swift import cli
+
+    x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
+    x[1, 3] = bad
+    np.save(tmp_path / "x.npy", x)
+    assert cli.main(["formats", "--input", str(tmp_path / "x.npy")]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "1 non-finite value" in err[0]
+    np.save(tmp_path / "s.npy", np.array(["a", "b"]))
+    assert cli.main(["formats", "--input", str(tmp_path / "s.npy")]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "numeric array" in err[0]
+
+
+@pytest.mark.parametrize("argv", [["cost"], ["formats", "--rows", "64", "--cols", "64"]])
+def test_closed_pipe_ends_quietly(argv):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONWARNINGS="ignore",
+               PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    p = subprocess.Popen([sys.executable, "-m", "fp4swift.cli"] + argv, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=env)
+    p.stdout.close()  # `| head` that has read enough
+    err = p.stderr.read().decode()
+    rc = p.wait(timeout=120)
+    assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err, err
+    assert rc == 141
