@@ -1,6 +1,6 @@
 """fp4swift: FP4 training numerics in Swift, called from Python.
 
-The numpy API (spec: ../shared/fp4-spec.md):
+The numpy API (what every kernel computes: docs/numerics.md):
 
     import fp4swift as f4
     f4.encode(values, "e2m1"); f4.decode(codes, "e2m1")
@@ -9,22 +9,10 @@ The numpy API (spec: ../shared/fp4-spec.md):
     f4.fidelity(x, x_hat)
     y, saved = f4.linear_forward(x, w, b, "wang2025"); dx, dw, db = f4.linear_backward(dy, saved)
 """
-from .linear import (
-    CSR,
-    LinearSaved,
-    PreparedInput,
-    Recipe,
-    csr_matmul_t,
-    dge_derivative,
-    dge_surrogate,
-    linear_backward,
-    linear_forward,
-    occ,
-    occ_thresholds,
-    prepare_input,
-    recipes,
-    register_recipe,
-)
+from .dge import dge_derivative, dge_surrogate
+from .linear import LinearSaved, PreparedInput, linear_backward, linear_forward, prepare_input
+from .outliers import CSR, csr_matmul_t, occ, occ_thresholds
+from .recipe import Recipe, recipes, register_recipe
 from ._native import FP4Error, FP4InternalError, FP4StateError, FP4ValueError, NonFiniteError
 from .quantization import (
     DEFAULT_BLOCK,

@@ -112,3 +112,13 @@ def check_choice(value: Any, choices: list, what: str) -> str:
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"unknown {what} {value!r}; expected one of {', '.join(choices)}")
     return value
+
+
+def check_positive(name: str, value: Any) -> float:
+    """value as a float, which must be a positive finite number (TypeError for non-numbers)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    v = float(value)
+    if not (v > 0) or not np.isfinite(v):
+        raise ValueError(f"{name} must be a positive finite number, got {value}")
+    return v

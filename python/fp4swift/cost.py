@@ -360,14 +360,14 @@ def _operand_bits(spec: Any) -> int:
 
 
 def _recipe(recipe: Any) -> Any:
-    from .linear import Recipe
+    from .recipe import Recipe
 
     if isinstance(recipe, Recipe):
         return recipe
     try:
         return Recipe.get(recipe)
     except ValueError as e:
-        from .linear import recipes
+        from .recipe import recipes
 
         raise CostError(f"unknown recipe {recipe!r}; recipes: {', '.join(recipes())}") from e
 
@@ -526,7 +526,7 @@ def format_report(rep: Dict[str, Any], include_attention_core: bool = True) -> s
 def parse_recipes(spec: Optional[str]) -> List[str]:
     """A comma-separated --recipes value -> recipe names (None: every recipe); CostError on an
     unknown or repeated name."""
-    from .linear import recipes
+    from .recipe import recipes
 
     known = recipes()
     if spec is None:

@@ -24,7 +24,8 @@ try:
 except ImportError as e:  # pragma: no cover - exercised only without torch
     raise ImportError("fp4swift.torch needs PyTorch: pip install -e .[torch]") from e
 
-from ..linear import LinearSaved, PreparedInput, Recipe, linear_backward, linear_forward, prepare_input
+from ..linear import LinearSaved, PreparedInput, linear_backward, linear_forward, prepare_input
+from ..recipe import Recipe
 from ..roles import LM_HEAD_NAMES, module_role
 
 __all__ = ["FP4Conv1D", "FP4Linear", "FP4LinearFunction", "PrecisionSchedule", "convert", "lm_head_names",
