@@ -30,6 +30,20 @@ struct PanelShape {
     var byteAligned: Bool { K % 2 == 0 && groupLength % 4 == 0 }
 }
 
+/// The scale index of each K group of one row: `layout.group(row:col:)` at the groups'
+/// first columns, with the divisions done once per row instead of once per group.
+@inline(__always) func groupScaleIndices(_ layout: GroupLayout, row r: Int, groups G: Int, groupLength gk: Int,
+                                         _ body: (_ g: Int, _ index: Int) -> Void) {
+    let base = (r / layout.groupRows) * layout.tileCols
+    let per = layout.groupCols / gk  // K groups per scale group along K (gk divides groupCols)
+    var index = base, left = per
+    for g in 0..<G {
+        body(g, index)
+        left -= 1
+        if left == 0 { index += 1; left = per }
+    }
+}
+
 /// Reads code (row, k) of a packed [rows, K] tensor.
 @inline(__always) func nibble(_ codes: UnsafePointer<UInt8>, _ flat: Int) -> Int {
     Int(codes[flat >> 1] >> UInt8((flat & 1) << 2)) & 0xF
@@ -73,8 +87,12 @@ final class PanelsA {
                         let panel = base + t * tileBytes
                         for i in 0..<mr {
                             let r = t * mr + i
-                            for g in 0..<G {
-                                scales[(t * G + g) * mr + i] = r < rows ? a.scales[layout.group(row: r, col: g * gk)] : 0
+                            if r < rows {
+                                groupScaleIndices(layout, row: r, groups: G, groupLength: gk) { g, index in
+                                    scales[(t * G + g) * mr + i] = a.scales[index]
+                                }
+                            } else {
+                                for g in 0..<G { scales[(t * G + g) * mr + i] = 0 }
                             }
                             if r >= rows {
                                 for g in 0..<G { for q in 0..<Q { (panel + ((g * Q + q) * mr + i) * 4).update(repeating: UInt8(o), count: 4) } }
@@ -140,8 +158,12 @@ final class PanelsB {
                             let panel = base + s * stripBytes
                             for j in 0..<nr {
                                 let r = s * nr + j
-                                for g in 0..<G {
-                                    scales[(s * G + g) * nr + j] = r < rows ? b.scales[layout.group(row: r, col: g * gk)] : 0
+                                if r < rows {
+                                    groupScaleIndices(layout, row: r, groups: G, groupLength: gk) { g, index in
+                                        scales[(s * G + g) * nr + j] = b.scales[index]
+                                    }
+                                } else {
+                                    for g in 0..<G { scales[(s * G + g) * nr + j] = 0 }
                                 }
                                 if r >= rows {
                                     for g in 0..<G {
