@@ -65,14 +65,6 @@ def as_matrix_shape(shape: Tuple[int, ...]) -> Tuple[int, int]:
 # non-empty C-contiguous buffer: read-only or empty arrays take the data_as path.
 
 
-def carg(a: np.ndarray, ctype: Any, ptype: Any) -> Any:
-    """An argument for a POINTER(ctype) parameter pointing at a's data (keeps a alive)."""
-    try:
-        return ctype.from_buffer(a)
-    except (TypeError, ValueError, BufferError):
-        return a.ctypes.data_as(ptype)
-
-
 def cptr(a: np.ndarray, ctype: Any, ptype: Any) -> Any:
     """A POINTER(ctype) instance pointing at a's data (keeps a alive), e.g. for a struct field."""
     try:
@@ -102,10 +94,6 @@ def u8ptr(a: np.ndarray) -> Any:
 
 def f64ptr(a: np.ndarray) -> Any:
     return cptr(a, ctypes.c_double, _native.f64p)
-
-
-def i64ref(v: ctypes.c_int64) -> Any:
-    return ctypes.byref(v)
 
 
 def check_choice(value: Any, choices: list, what: str) -> str:

@@ -1,8 +1,10 @@
 """Low-level binding: loads libfp4swift.so and declares every C signature.
 
 This file mirrors Sources/FP4CABI/include/fp4swift.h line for line (constants, structs,
-functions, in the header's order); change both together. The Pythonic layer lives in the
-other modules and validates arguments before anything reaches this one.
+functions, in the header's order); change both together. python/tests/test_abi_mirror.py
+parses the header and checks every constant, struct layout and signature here against it.
+The Pythonic layer lives in the other modules and validates arguments before anything
+reaches this one.
 """
 from __future__ import annotations
 
@@ -140,6 +142,15 @@ class GemmOperand(ctypes.Structure):
     ]
 
 
+#: C struct name (typedef) -> its ctypes mirror.
+STRUCTS = {
+    "fp4swift_quantizer": Quantizer,
+    "fp4swift_format_info": FormatInfo,
+    "fp4swift_linear_recipe": LinearRecipe,
+    "fp4swift_linear_saved": LinearSaved,
+    "fp4swift_gemm_operand": GemmOperand,
+}
+
 f32p = POINTER(c_float)
 u8p = POINTER(c_uint8)
 i64p = POINTER(c_int64)
@@ -149,43 +160,106 @@ QuantizerP = POINTER(Quantizer)
 RecipeP = POINTER(LinearRecipe)
 SavedP = POINTER(LinearSaved)
 
-# name: (restype, argtypes), in header order.
+# name: (restype, argtypes), in header order, each below its C prototype.
 SIGNATURES = {
+    # int32_t fp4swift_abi_version(void);
     "fp4swift_abi_version": (c_int32, []),
+    # const char *fp4swift_last_error(void);
     "fp4swift_last_error": (c_char_p, []),
+    # int32_t fp4swift_set_num_threads(int32_t n);
     "fp4swift_set_num_threads": (c_int32, [c_int32]),
+    # int32_t fp4swift_get_num_threads(void);
     "fp4swift_get_num_threads": (c_int32, []),
+    # const char *fp4swift_name(int32_t table, int32_t index);
     "fp4swift_name": (c_char_p, [c_int32, c_int32]),
+    # int32_t fp4swift_format_info_get(int32_t format, fp4swift_format_info *out);
     "fp4swift_format_info_get": (c_int32, [c_int32, POINTER(FormatInfo)]),
+    # int32_t fp4swift_encode(const float *x, int64_t n, int32_t format, int32_t rounding, uint64_t seed,
+    #     uint8_t *codes);
     "fp4swift_encode": (c_int32, [f32p, c_int64, c_int32, c_int32, c_uint64, u8p]),
+    # int32_t fp4swift_decode(const uint8_t *codes, int64_t n, int32_t format, float *out);
     "fp4swift_decode": (c_int32, [u8p, c_int64, c_int32, f32p]),
+    # int32_t fp4swift_pack_nibbles(const uint8_t *codes, int64_t n, uint8_t *packed, int64_t packed_len);
     "fp4swift_pack_nibbles": (c_int32, [u8p, c_int64, u8p, c_int64]),
+    # int32_t fp4swift_unpack_nibbles(const uint8_t *packed, int64_t packed_len, int64_t n, uint8_t *codes);
     "fp4swift_unpack_nibbles": (c_int32, [u8p, c_int64, c_int64, u8p]),
+    # int32_t fp4swift_group_layout(int64_t rows, int64_t cols, const fp4swift_quantizer *q, int64_t *tile_rows,
+    #     int64_t *tile_cols);
     "fp4swift_group_layout": (c_int32, [c_int64, c_int64, QuantizerP, i64p, i64p]),
+    # int32_t fp4swift_fake_quantize(const float *x, int64_t rows, int64_t cols, const fp4swift_quantizer *q,
+    #     float *out, int64_t *nonfinite_groups);
     "fp4swift_fake_quantize": (c_int32, [f32p, c_int64, c_int64, QuantizerP, f32p, i64p]),
+    # int32_t fp4swift_quantize(const float *x, int64_t rows, int64_t cols, const fp4swift_quantizer *q,
+    #     uint8_t *codes, int64_t codes_len, float *scales, uint8_t *scale_bytes, int64_t n_scales,
+    #     float *tensor_scale);
     "fp4swift_quantize": (c_int32, [f32p, c_int64, c_int64, QuantizerP, u8p, c_int64, f32p, u8p, c_int64, f32p]),
+    # int32_t fp4swift_dequantize(const uint8_t *codes, int64_t codes_len, int64_t rows, int64_t cols,
+    #     const fp4swift_quantizer *q, const float *scales, int64_t n_scales, float tensor_scale, float *out);
     "fp4swift_dequantize": (c_int32, [u8p, c_int64, c_int64, c_int64, QuantizerP, f32p, c_int64, c_float, f32p]),
+    # int32_t fp4swift_hadamard(const float *x, int64_t rows, int64_t cols, int32_t block, const float *signs,
+    #     float *out);
     "fp4swift_hadamard": (c_int32, [f32p, c_int64, c_int64, c_int32, f32p, f32p]),
+    # int32_t fp4swift_clip_mask(const float *x, int64_t rows, int64_t cols, const fp4swift_quantizer *q,
+    #     uint8_t *mask, int64_t mask_len);
     "fp4swift_clip_mask": (c_int32, [f32p, c_int64, c_int64, QuantizerP, u8p, c_int64]),
+    # int32_t fp4swift_fidelity(const float *x, const float *x_hat, int64_t n, double *out);
     "fp4swift_fidelity": (c_int32, [f32p, f32p, c_int64, f64p]),
+    # int32_t fp4swift_dge_derivative(const float *v, int64_t n, int32_t format, float k, float clamp,
+    #     float *out);
     "fp4swift_dge_derivative": (c_int32, [f32p, c_int64, c_int32, c_float, c_float, f32p]),
+    # int32_t fp4swift_dge_surrogate(const float *v, int64_t n, int32_t format, float k, float *out);
     "fp4swift_dge_surrogate": (c_int32, [f32p, c_int64, c_int32, c_float, f32p]),
+    # int32_t fp4swift_occ_thresholds(const float *x, int64_t rows, int64_t cols, double alpha, int32_t per_row,
+    #     float *lo, float *hi, int64_t n_groups);
     "fp4swift_occ_thresholds": (c_int32, [f32p, c_int64, c_int64, c_double, c_int32, f32p, f32p, c_int64]),
+    # int32_t fp4swift_occ_residual_capacity(int64_t rows, int64_t cols, double alpha, int32_t per_row,
+    #     int64_t *capacity);
     "fp4swift_occ_residual_capacity": (c_int32, [c_int64, c_int64, c_double, c_int32, i64p]),
+    # int32_t fp4swift_occ_clamp(const float *x, int64_t rows, int64_t cols, double alpha, int32_t per_row,
+    #     float *x_clamped, int64_t *indptr, int32_t *indices, float *values, int64_t capacity, int64_t *nnz);
     "fp4swift_occ_clamp": (c_int32, [f32p, c_int64, c_int64, c_double, c_int32, f32p, i64p, i32p, f32p, c_int64, i64p]),
+    # int32_t fp4swift_csr_matmul_t(const int64_t *indptr, const int32_t *indices, const float *values,
+    #     int64_t nnz, int64_t rows, int64_t cols, const float *w, int64_t n, float *y);
     "fp4swift_csr_matmul_t": (c_int32, [i64p, i32p, f32p, c_int64, c_int64, c_int64, f32p, c_int64, f32p]),
+    # int32_t fp4swift_linear_saved_sizes(int64_t tokens, int64_t in_features,
+    #     const fp4swift_linear_recipe *recipe, int64_t *x_codes_len, int64_t *x_scales_len,
+    #     int64_t *residual_capacity);
     "fp4swift_linear_saved_sizes": (c_int32, [c_int64, c_int64, RecipeP, i64p, i64p, i64p]),
+    # int32_t fp4swift_linear_forward(const float *x, int64_t tokens, int64_t in_features, const float *w,
+    #     int64_t out_features, const float *bias, const fp4swift_linear_recipe *recipe, float *y,
+    #     fp4swift_linear_saved *saved);
     "fp4swift_linear_forward": (c_int32, [f32p, c_int64, c_int64, f32p, c_int64, f32p, RecipeP, f32p, SavedP]),
+    # int32_t fp4swift_linear_prepare_input(const float *x, int64_t tokens, int64_t in_features,
+    #     const fp4swift_linear_recipe *recipe, float *x_operand, fp4swift_linear_saved *saved);
     "fp4swift_linear_prepare_input": (c_int32, [f32p, c_int64, c_int64, RecipeP, f32p, SavedP]),
+    # int32_t fp4swift_linear_forward_prepared(const float *x_operand, int64_t tokens, int64_t in_features,
+    #     const float *w, int64_t out_features, const float *bias, const fp4swift_linear_recipe *recipe,
+    #     float *y);
     "fp4swift_linear_forward_prepared": (c_int32, [f32p, c_int64, c_int64, f32p, c_int64, f32p, RecipeP, f32p]),
+    # int32_t fp4swift_linear_backward(const float *dy, int64_t tokens, int64_t out_features, const float *x,
+    #     const float *w, int64_t in_features, const fp4swift_linear_recipe *recipe,
+    #     const fp4swift_linear_saved *saved, float *dx, float *dw, float *db);
     "fp4swift_linear_backward": (c_int32, [f32p, c_int64, c_int64, f32p, f32p, c_int64, RecipeP, SavedP, f32p, f32p, f32p]),
+    # int32_t fp4swift_quartet_saved_sizes(int64_t tokens, int64_t in_features, int64_t *x_codes_len,
+    #     int64_t *x_scales_len, int64_t *x_mask_len);
     "fp4swift_quartet_saved_sizes": (c_int32, [c_int64, c_int64, i64p, i64p, i64p]),
+    # int32_t fp4swift_quartet_forward(const float *x, int64_t tokens, int64_t in_features, const float *w,
+    #     int64_t out_features, const float *bias, float *y, uint8_t *x_codes, int64_t x_codes_len,
+    #     float *x_scales, int64_t x_scales_len, uint8_t *x_mask, int64_t x_mask_len);
     "fp4swift_quartet_forward": (c_int32, [f32p, c_int64, c_int64, f32p, c_int64, f32p, f32p,
                                            u8p, c_int64, f32p, c_int64, u8p, c_int64]),
+    # int32_t fp4swift_quartet_backward(const float *dy, int64_t tokens, int64_t out_features, const float *w,
+    #     int64_t in_features, const uint8_t *x_codes, int64_t x_codes_len, const float *x_scales,
+    #     int64_t x_scales_len, const uint8_t *x_mask, int64_t x_mask_len, uint64_t seed, uint64_t call,
+    #     float *dx, float *dw, float *db);
     "fp4swift_quartet_backward": (c_int32, [f32p, c_int64, c_int64, f32p, c_int64, u8p, c_int64, f32p, c_int64,
                                             u8p, c_int64, c_uint64, c_uint64, f32p, f32p, f32p]),
+    # int32_t fp4swift_gemm(const fp4swift_gemm_operand *a, const fp4swift_gemm_operand *b, int32_t path,
+    #     float *c, int64_t c_len);
     "fp4swift_gemm": (c_int32, [POINTER(GemmOperand), POINTER(GemmOperand), c_int32, f32p, c_int64]),
+    # int32_t fp4swift_gemm_default_path(int32_t *path);
     "fp4swift_gemm_default_path": (c_int32, [i32p]),
+    # int32_t fp4swift_gemm_path_supported(int32_t path, int32_t *supported);
     "fp4swift_gemm_path_supported": (c_int32, [c_int32, i32p]),
 }
 

@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "transformer by module role (attention, mlp, lm_head, other, attention core) and "
                                    "GEMM (forward, input-grad, weight-grad), then the cost of each recipe relative to "
                                    "16-bit training: FP8 = 1/2, FP4 = 1/4 per MAC, the attention core always 16-bit "
-                                   "(spec §7). Prints the FLOP shares, a table per recipe and the assumptions.")
+                                   "(numerics.md §7). Prints the FLOP shares, a table per recipe and the assumptions.")
     c.add_argument("--model", default="own", help="own (this project's training model; default), a preset "
                                                   "(llama-7b, llama-13b, llama-70b, gpt2) or a Hugging Face "
                                                   "config.json path (LLaMA family or GPT-2)")

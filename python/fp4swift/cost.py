@@ -1,4 +1,4 @@
-"""Theoretical GEMM cost of training a decoder-only transformer under a precision recipe (spec §7).
+"""Theoretical GEMM cost of training a decoder-only transformer under a precision recipe (numerics.md §7).
 
 The model counts multiply-accumulates (MACs) of every GEMM per training token, by module role
 (`fp4swift.ROLES`: attention, mlp, lm_head, other) plus an "attention_core" bucket (QKᵀ and
@@ -29,7 +29,7 @@ from .roles import ROLES, module_role
 
 #: The three GEMMs of a linear layer's training step.
 GEMMS: Tuple[str, ...] = ("forward", "input_grad", "weight_grad")
-#: QKᵀ and softmax·V: no weights, always 16-bit (spec §7: scores and softmax stay high precision).
+#: QKᵀ and softmax·V: no weights, always 16-bit (numerics.md §7: scores and softmax stay high precision).
 ATTENTION_CORE = "attention_core"
 #: Every bucket `gemm_flops` reports, in display order.
 BUCKETS: Tuple[str, ...] = tuple(ROLES) + (ATTENTION_CORE,)
@@ -48,7 +48,7 @@ ASSUMPTIONS: Tuple[str, ...] = (
     "Attention core (Q*K^T and softmax*V): 2*seq_len*heads*head_dim MACs per token forward "
     "(= 2*seq_len*d_model when heads*head_dim = d_model), counting {core_mask}; its backward (dQ, dK, "
     "dP, dV) is 2x the forward, booked half as input_grad (gradients of the left operands) and half as "
-    "weight_grad (of the right operands). It always runs in 16-bit (spec §7), under every recipe.",
+    "weight_grad (of the right operands). It always runs in 16-bit (numerics.md §7), under every recipe.",
     "Cost per MAC relative to 16-bit: FP4 (e2m1, e1m2, e3m0) = 1/4, FP8 (e4m3, e5m2) = 1/2, 16-bit = 1. "
     "An unquantized operand (None, float32 in this emulation) counts as 16-bit: the baseline is 16-bit "
     "training. A GEMM whose operands differ in width runs at the wider one (e.g. FP4 x 16-bit = 16-bit).",
@@ -421,7 +421,7 @@ def relative_cost(flops: Flops, recipe: Any, include_attention_core: bool = True
 # Report
 
 
-#: A secondary source's FLOP split of LLaMA-7B at 4K context (spec §7), and Zhou et al.'s claim.
+#: A secondary source's FLOP split of LLaMA-7B at 4K context (numerics.md §7), and Zhou et al.'s claim.
 REFERENCE_SPLIT_LLAMA7B = {"mlp": 0.57, "attention": 0.287, ATTENTION_CORE: 0.143}
 ZHOU_CLAIMED_SAVING = 0.30
 
@@ -493,8 +493,9 @@ def format_report(rep: Dict[str, Any], include_attention_core: bool = True) -> s
     if m["name"] == "llama-7b" and m["seq_len"] == 4096:
         lay = {b: sum(flops[b].values()) for b in ("mlp", "attention", ATTENTION_CORE)}
         lay_tot = sum(lay.values())
-        lines.append(f"vs the secondary source's LLaMA-7B 4K split (FFN 57%, attention linears 28.7%, attention core "
-                     f"14.3%; no LM head): here, without the LM head, FFN {100 * lay['mlp'] / lay_tot:.1f}%, attention "
+        ref = REFERENCE_SPLIT_LLAMA7B
+        lines.append(f"vs the secondary source's LLaMA-7B 4K split (FFN {100 * ref['mlp']:.0f}%, attention linears "
+                     f"{100 * ref['attention']:.1f}%, attention core {100 * ref[ATTENTION_CORE]:.1f}%; no LM head): here, without the LM head, FFN {100 * lay['mlp'] / lay_tot:.1f}%, attention "
                      f"linears {100 * lay['attention'] / lay_tot:.1f}%, attention core "
                      f"{100 * lay[ATTENTION_CORE] / lay_tot:.1f}%")
     lines.append("")

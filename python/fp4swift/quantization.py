@@ -1,4 +1,4 @@
-"""Element codecs and quantizers (spec §1–3) over numpy arrays."""
+"""Element codecs and quantizers (numerics.md §1–3) over numpy arrays."""
 from __future__ import annotations
 
 import ctypes
@@ -16,7 +16,14 @@ FORMATS = _native.names(_native.TABLE_FORMAT)
 GRANULARITIES = _native.names(_native.TABLE_GRANULARITY)
 SCALE_RULES = _native.names(_native.TABLE_SCALE_RULE)
 ROUNDINGS = _native.names(_native.TABLE_ROUNDING)
-NONFINITE_POLICIES = ["propagate", "raise"]
+#: Non-finite policies and their ABI values (FP4SWIFT_NONFINITE_*).
+NONFINITE_CODES = {"propagate": _native.NONFINITE_PROPAGATE, "raise": _native.NONFINITE_RAISE}
+NONFINITE_POLICIES = list(NONFINITE_CODES)
+#: Granularities and their ABI values (FP4SWIFT_GRANULARITY_*; the same indices as the library's
+#: name table, python/tests/test_abi_mirror.py checks).
+GRANULARITY_CODES = {"tensor": _native.GRANULARITY_TENSOR, "row": _native.GRANULARITY_ROW,
+                     "column": _native.GRANULARITY_COLUMN, "block": _native.GRANULARITY_BLOCK,
+                     "block2d": _native.GRANULARITY_BLOCK2D}
 
 #: Default block sizes when a block granularity is named without `block=`.
 DEFAULT_BLOCK = {"block": 32, "block2d": 16}
@@ -24,7 +31,7 @@ DEFAULT_BLOCK = {"block": 32, "block2d": 16}
 
 @dataclass(frozen=True)
 class FormatInfo:
-    """Facts about an element format (spec §1)."""
+    """Facts about an element format (numerics.md §1)."""
 
     name: str
     bits: int
@@ -85,7 +92,7 @@ def _parse_granularity(granularity: str, block: Optional[int]) -> Tuple[str, int
 
 @dataclass(frozen=True)
 class QuantizerSpec:
-    """A quantizer as data: format, granularity, scale rule, rounding, seed (spec §2)."""
+    """A quantizer as data: format, granularity, scale rule, rounding, seed (numerics.md §2)."""
 
     fmt: str = "e2m1"
     granularity: str = "row"
@@ -116,9 +123,9 @@ class QuantizerSpec:
 
     def to_c(self) -> _native.Quantizer:
         return _native.Quantizer(
-            FORMATS.index(self.fmt), GRANULARITIES.index(self.granularity), self.block,
+            FORMATS.index(self.fmt), GRANULARITY_CODES[self.granularity], self.block,
             SCALE_RULES.index(self.scale_rule), ROUNDINGS.index(self.rounding),
-            NONFINITE_POLICIES.index(self.nonfinite), self.seed,
+            NONFINITE_CODES[self.nonfinite], self.seed,
         )
 
     def layout(self, rows: int, cols: int) -> Tuple[int, int]:
@@ -130,7 +137,7 @@ class QuantizerSpec:
 
 
 def encode(values: Any, fmt: str, rounding: str = "nearest_even", seed: int = 0) -> np.ndarray:
-    """Codes of unscaled values (one uint8 per element, same shape; spec §1).
+    """Codes of unscaled values (one uint8 per element, same shape; numerics.md §1).
 
     Values above the format's max saturate (FP4, e4m3) or become inf (e5m2). FP4 formats
     cannot encode NaN or inf: that raises NonFiniteError naming the flat index.
@@ -195,7 +202,7 @@ def unpack_fp4(packed: Any, count: int) -> np.ndarray:
 def fake_quantize(x: Any, fmt: str = "e2m1", granularity: str = "row", scale_rule: str = "absmax",
                   rounding: str = "nearest_even", block: Optional[int] = None, seed: int = 0,
                   nonfinite: str = "propagate", out: Optional[np.ndarray] = None) -> np.ndarray:
-    """Quantize and dequantize x in one pass: x̂ = round(x / s) · s per group (spec §2).
+    """Quantize and dequantize x in one pass: x̂ = round(x / s) · s per group (numerics.md §2).
 
     x: float array of any shape, viewed as [rows, cols] with the last axis as columns.
     granularity: 'tensor', 'row' (per token), 'column', 'block' / 'block(n)', 'block2d' / 'block2d(n)'.
@@ -275,7 +282,7 @@ class QuantizedTensor:
 def quantize(x: Any, fmt: str = "e2m1", granularity: str = "row", scale_rule: str = "absmax",
              rounding: str = "nearest_even", block: Optional[int] = None, seed: int = 0,
              nonfinite: str = "raise") -> QuantizedTensor:
-    """Quantize x to packed codes + scales (spec §1–2); same arguments as `fake_quantize`.
+    """Quantize x to packed codes + scales (numerics.md §1–2); same arguments as `fake_quantize`.
 
     Codes cannot hold NaN or inf: non-finite input raises NonFiniteError naming the first
     offending flat index (nonfinite='raise' is the only policy).
@@ -304,7 +311,7 @@ def quantize_with(x: Any, spec: QuantizerSpec) -> QuantizedTensor:
 
 
 def fidelity(x: Any, x_hat: Any) -> Dict[str, float]:
-    """Cosine similarity, MSE and SNR (dB) between x and its reconstruction (spec §5)."""
+    """Cosine similarity, MSE and SNR (dB) between x and its reconstruction (numerics.md §5)."""
     a, b = as_float32(x, "x"), as_float32(x_hat, "x_hat")
     if a.shape != b.shape:
         raise ValueError(f"x and x_hat must have the same shape, got {a.shape} and {b.shape}")

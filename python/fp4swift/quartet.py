@@ -1,4 +1,4 @@
-"""Quartet building blocks (spec §2 quest, §6) over numpy arrays: the blockwise
+"""Quartet building blocks (numerics.md §2 quest, §6) over numpy arrays: the blockwise
 Walsh–Hadamard rotation and the clip mask of a quantization."""
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def hadamard(x: Any, block: int = 32, signs: Any = None, out: Optional[np.ndarra
 
 def clip_mask(x: Any, fmt: str = "e2m1", granularity: str = "block", scale_rule: str = "quest",
               block: Optional[int] = None, packed: bool = False) -> np.ndarray:
-    """Which elements of x survive quantization unclipped (spec §2, quest; Quartet's backward).
+    """Which elements of x survive quantization unclipped (numerics.md §2, quest; Quartet's backward).
 
     True where |x / s| < fmax strictly (QuEST e2m1: |x / s| < 6), with s the scale the
     quantizer (fmt, granularity, scale_rule, block) gives x's group; False where the value

@@ -1,4 +1,4 @@
-"""Module roles of a transformer's linear layers (spec §7), from their qualified names.
+"""Module roles of a transformer's linear layers (numerics.md §7), from their qualified names.
 
 A recipe's module policy (`Recipe.roles`) maps roles to recipes; `fp4swift.torch.convert`
 asks `module_role` for each linear. Names covered: this project's models, Hugging Face
@@ -21,8 +21,6 @@ _ATTENTION = {"q_proj", "k_proj", "v_proj", "o_proj", "out_proj", "qkv_proj", "c
               "query", "key", "value", "wq", "wk", "wv", "wo", "Wqkv"}
 _MLP = {"gate_proj", "up_proj", "down_proj", "gate_up_proj", "c_fc", "fc1", "fc2", "w1", "w2", "w3",
         "dense_h_to_4h", "dense_4h_to_h", "fc_in", "fc_out"}
-# Names whose role depends on the enclosing block (GPT-2's c_proj, NeoX's dense, ...).
-_AMBIGUOUS = {"c_proj", "dense", "proj", "out"}
 _ATTENTION_PARENTS = ("attn", "attention", "self_attn", "selfattention")
 _MLP_PARENTS = ("mlp", "ffn", "feed_forward", "feedforward", "ff")
 
@@ -39,7 +37,8 @@ def module_role(qualified_name: str) -> str:
         return "attention"
     if last in _MLP:
         return "mlp"
-    # Unknown or ambiguous last names: the nearest enclosing block decides.
+    # Unknown or ambiguous last names (GPT-2's c_proj, NeoX's dense, proj, out): the nearest
+    # enclosing block decides.
     for p in reversed(parts[:-1]):
         low = p.lower()
         if low in _ATTENTION_PARENTS or low.endswith("attn") or low.endswith("attention"):

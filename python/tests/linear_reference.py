@@ -1,7 +1,7 @@
-"""Independent float64 numpy references for DGE, OCC and the FP4 linear layer (spec §4–6).
+"""Independent float64 numpy references for DGE, OCC and the FP4 linear layer (numerics.md §4–6).
 
 Nothing here calls fp4swift. Quantized operands come from reference.ref_quantize (the
-float32 quantizer written from spec §2); everything after quantization (DGE factor, OCC
+float32 quantizer written from numerics.md §2); everything after quantization (DGE factor, OCC
 order statistics, the GEMMs) is evaluated in float64 straight from the spec's formulas.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from reference import MAGS, ref_quantize
 F32 = np.float32
 
 # ---------------------------------------------------------------------------
-# DGE (spec §4)
+# DGE (numerics.md §4)
 # ---------------------------------------------------------------------------
 
 
@@ -58,7 +58,7 @@ def ref_dge_surrogate(v, fmt: str = "e2m1", k: float = 5.0) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------
-# OCC (spec §5)
+# OCC (numerics.md §5)
 # ---------------------------------------------------------------------------
 
 
@@ -91,7 +91,7 @@ def ref_occ(x2: np.ndarray, alpha: float, per: str) -> Tuple[np.ndarray, np.ndar
 
 
 # ---------------------------------------------------------------------------
-# The linear layer (spec §6)
+# The linear layer (numerics.md §6)
 # ---------------------------------------------------------------------------
 
 
@@ -205,7 +205,7 @@ def rel_err(got, ref) -> float:
 
 
 def unpack_nibbles(packed: np.ndarray, count: int) -> np.ndarray:
-    """Element 2i from the low nibble, 2i+1 from the high nibble (spec §1 packing)."""
+    """Element 2i from the low nibble, 2i+1 from the high nibble (numerics.md §1 packing)."""
     p = np.asarray(packed, dtype=np.uint8).reshape(-1)
     out = np.empty(2 * p.size, dtype=np.uint8)
     out[0::2] = p & 0x0F

@@ -1,8 +1,8 @@
-"""Independent numpy references for the codec / quantizer tests (spec §1–3, §5 metrics).
+"""Independent numpy references for the codec / quantizer tests (numerics.md §1–3, §5 metrics).
 
 Nothing here calls fp4swift: the element grids are written out from the spec's table
 (FP4) or from the bit-field definition (FP8), rounding is done by table look-up in
-float64, and the quantizer follows spec §2's float32 operation order step by step.
+float64, and the quantizer follows numerics.md §2's float32 operation order step by step.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 F32 = np.float32
 
 # ---------------------------------------------------------------------------
-# Element grids (spec §1). MAGS[fmt][c] is the value of magnitude code c.
+# Element grids (numerics.md §1). MAGS[fmt][c] is the value of magnitude code c.
 # ---------------------------------------------------------------------------
 
 FP4_FORMATS = ("e2m1", "e1m2", "e3m0")
@@ -139,7 +139,7 @@ def magnitude_values(codes: np.ndarray, fmt: str) -> np.ndarray:
 
 
 def ref_encode(x: np.ndarray, fmt: str, rounding: str = "nearest_even", seed: int = 0) -> np.ndarray:
-    """Sign-magnitude codes of finite float32 values (spec §1)."""
+    """Sign-magnitude codes of finite float32 values (numerics.md §1)."""
     x = np.asarray(x, dtype=np.float32)
     flat = x.reshape(-1)
     u = uniforms(seed, flat.size) if rounding == "stochastic" else None
@@ -223,7 +223,7 @@ def parse_granularity(granularity: str, block: Optional[int] = None) -> Tuple[st
 
 
 # ---------------------------------------------------------------------------
-# Scale rules (spec §2), float32 arithmetic in the spec's order
+# Scale rules (numerics.md §2), float32 arithmetic in the spec's order
 # ---------------------------------------------------------------------------
 
 
@@ -293,7 +293,7 @@ def ref_group_scales(amax: np.ndarray, fmt: str, scale_rule: str, tensor_amax: O
 
 
 # ---------------------------------------------------------------------------
-# The quantizer (spec §2)
+# The quantizer (numerics.md §2)
 # ---------------------------------------------------------------------------
 
 

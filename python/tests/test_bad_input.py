@@ -1,4 +1,4 @@
-"""Bad and unusual input (spec §3): dtypes, names, shapes, NaN/inf, empty and 0-d arrays,
+"""Bad and unusual input (numerics.md §3): dtypes, names, shapes, NaN/inf, empty and 0-d arrays,
 non-contiguous views, float64/float16/bfloat16 input, and no mutation of the input."""
 from __future__ import annotations
 

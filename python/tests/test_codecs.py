@@ -1,4 +1,4 @@
-"""Element codecs (spec §1): encode/decode of every format against independent oracles.
+"""Element codecs (numerics.md §1): encode/decode of every format against independent oracles.
 
 Oracles: ml_dtypes (float4_e2m1fn, float8_e4m3fn, float8_e5m2, float8_e8m0fnu) bit for bit,
 and for e1m2 / e3m0 (not in ml_dtypes) the table-driven float64 reference in reference.py,
@@ -151,7 +151,7 @@ def test_encode_decode_roundtrip_every_code(fmt):
 
 
 # ---------------------------------------------------------------------------
-# Ties (spec §1 lists them)
+# Ties (numerics.md §1 lists them)
 # ---------------------------------------------------------------------------
 
 SPEC_TIES = {
@@ -218,7 +218,7 @@ def test_decode_every_code_against_spec(fmt):
 
 
 def test_decode_fp4_tables_literal():
-    """Spec §1 table, negative half = mirror, 1000 = -0.0."""
+    """numerics.md §1 table, negative half = mirror, 1000 = -0.0."""
     table = {
         "e2m1": [0, 0.5, 1, 1.5, 2, 3, 4, 6],
         "e1m2": [0, 0.5, 1, 1.5, 2, 2.5, 3, 3.5],
@@ -251,7 +251,8 @@ def test_decode_e5m2_inf_and_nan():
     got = f4.decode(np.array([0x7C, 0xFC, 0x7B, 0x7D, 0x7E, 0x7F, 0xFD, 0xFE, 0xFF], dtype=np.uint8), "e5m2")
     assert got[0] == np.inf and got[1] == -np.inf
     assert got[2] == 57344
-    assert np.all(np.isnan(got[3:])), f"e5m2 codes S.11111.{{01,10,11}} are NaN (IEEE-like, spec §1); got {got[3:]}"
+    assert np.all(np.isnan(got[3:])), \
+        f"e5m2 codes S.11111.{{01,10,11}} are NaN (IEEE-like, numerics.md §1); got {got[3:]}"
 
 
 def test_decode_e8m0_every_code():
@@ -326,7 +327,7 @@ def test_e5m2_overflow_is_inf():
 
 
 def test_e5m2_nan_encodes_to_nan():
-    """e5m2 is IEEE-like with NaN (spec §1): NaN must encode to a NaN code, not fail."""
+    """e5m2 is IEEE-like with NaN (numerics.md §1): NaN must encode to a NaN code, not fail."""
     got = f4.encode(np.array([np.nan, 1.0], dtype=np.float32), "e5m2")
     assert (got[0] & 0x7C) == 0x7C and (got[0] & 0x03) != 0, f"code {got[0]:#x} is not an e5m2 NaN"
     assert np.isnan(np.array([got[0]], dtype=np.uint8).view(ml_dtypes.float8_e5m2).astype(np.float32)[0])

@@ -1,4 +1,4 @@
-"""The theoretical GEMM cost model (spec §7, `fp4swift cost`).
+"""The theoretical GEMM cost model (numerics.md §7, `fp4swift cost`).
 
 MAC counts are written out by hand here from the layer shapes (K·N per token and GEMM for a
 K-in, N-out linear; 2·seq·heads·head_dim per token and layer for Q·Kᵀ + P·V), independent of
@@ -113,7 +113,7 @@ def test_own_model_defaults_by_hand():
 def test_own_model_matches_train_config(over):
     # cost.py keeps TrainConfig's defaults and ModelConfig's hidden rule without importing torch
     pytest.importorskip("torch")
-    from fp4swift.train.runner import TrainConfig
+    from fp4swift.train.config import TrainConfig
 
     mc = TrainConfig(**over).model_config()
     mc.validate()

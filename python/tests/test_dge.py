@@ -1,4 +1,4 @@
-"""DGE (spec §4): f' and the surrogate f against a float64 numpy implementation of the
+"""DGE (numerics.md §4): f' and the surrogate f against a float64 numpy implementation of the
 spec's formulas (linear_reference.ref_dge_derivative), never against fp4swift itself."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from reference import FP4_FORMATS, MAGS
 
 F32 = np.float32
 
-# Spec §4 check values (k = 5, C = 3), from a bfloat16 computation: 1e-2 relative.
+# numerics.md §4 check values (k = 5, C = 3), from a bfloat16 computation: 1e-2 relative.
 CHECK_V = [-6, -5.375, -4.75, -4.09375, -3.46875, -2.84375, -2.203125, -1.578125, -0.94921875, -0.31640625]
 CHECK_FP = [0.2002, 0.4375, 0.6055, 0.2168, 1.8359, 0.2695, 0.3027, 0.2695, 0.2402, 0.5781]
 
@@ -325,7 +325,7 @@ def test_bad_format_and_dtype():
 
 
 def test_nan_input_does_not_crash():
-    # Spec §3: nothing aborts. f' of NaN is not specified; the call must return or raise cleanly.
+    # numerics.md §3: nothing aborts. f' of NaN is not specified; the call must return or raise cleanly.
     try:
         out = f4.dge_derivative(np.array([np.nan, 1.25], dtype=F32))
     except ValueError:

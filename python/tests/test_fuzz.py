@@ -1,4 +1,4 @@
-"""Property-based fuzzing of every public entry point (spec §3: bad input never crashes).
+"""Property-based fuzzing of every public entry point (numerics.md §3: bad input never crashes).
 
 Each fuzzed call either returns a result with the spec's properties or raises a Python
 exception (TypeError / ValueError / fp4swift.FP4Error / NotImplementedError) that carries

@@ -1,4 +1,4 @@
-"""f4.hadamard (spec §6) against scipy.linalg.hadamard(n) / sqrt(n) in float64.
+"""f4.hadamard (numerics.md §6) against scipy.linalg.hadamard(n) / sqrt(n) in float64.
 
 Definition under test: every 1×b segment x of each row becomes x · diag(d) · H_b with
 H_b = hadamard(b) / √b (Sylvester order), d the optional ±1 sign vector.

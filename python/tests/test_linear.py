@@ -1,4 +1,4 @@
-"""The FP4 linear layer (spec §6) against a float64 numpy reference of §4–6.
+"""The FP4 linear layer (numerics.md §6) against a float64 numpy reference of §4–6.
 
 linear_reference.RefLinear builds X_q and W_q with the float32 reference quantizer of
 reference.py, computes OCC thresholds by a full sort, and does every GEMM and the DGE
@@ -591,7 +591,7 @@ def test_non_finite_propagates_under_fp32(rng):
 
 def test_non_finite_dy_propagates(rng):
     """A NaN in dY is a float32 gradient like any other: it reaches the outputs as NaN
-    (with grad_fp8, the whole per-tensor group of dY becomes NaN, spec §3), and nothing aborts."""
+    (with grad_fp8, the whole per-tensor group of dY becomes NaN, numerics.md §3), and nothing aborts."""
     x, w, b, dy = make_layer(rng, (6, 8), 3, zero_rows=False)
     dyb = dy.copy()
     dyb[2, 1] = np.nan

@@ -1,4 +1,4 @@
-"""OCC (spec §5): thresholds, clamp, CSR residual and the sparse compensation product,
+"""OCC (numerics.md §5): thresholds, clamp, CSR residual and the sparse compensation product,
 against numpy references written here (sorted copies, float64 index formulas, dense
 float64 products). Nothing calls fp4swift to produce an expected value."""
 from __future__ import annotations

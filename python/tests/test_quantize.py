@@ -1,6 +1,6 @@
-"""Quantizers (spec §2): fake_quantize and quantize against the float32 numpy reference.
+"""Quantizers (numerics.md §2): fake_quantize and quantize against the float32 numpy reference.
 
-The reference (reference.ref_quantize) follows spec §2's operation order in float32 and
+The reference (reference.ref_quantize) follows numerics.md §2's operation order in float32 and
 never calls fp4swift, so every comparison here is bit exact.
 """
 from __future__ import annotations
@@ -250,7 +250,7 @@ def test_thread_count_independence(fmt, gran, rule, rounding, rng, restore_threa
 
 
 # ---------------------------------------------------------------------------
-# fidelity (spec §5 metrics) against float64 numpy
+# fidelity (numerics.md §5 metrics) against float64 numpy
 # ---------------------------------------------------------------------------
 
 

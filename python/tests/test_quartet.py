@@ -1,4 +1,4 @@
-"""The quartet linear recipe (spec §6) against a float64 numpy reference.
+"""The quartet linear recipe (numerics.md §6) against a float64 numpy reference.
 
 Reference: rotations by f4.hadamard (tested against scipy in test_hadamard.py), so the
 float32 rotated operands are the same bits; QuEST from test_quest.ref_quest; the backward

@@ -1,4 +1,4 @@
-"""The quest scale rule (spec §2, Quartet forward) and the clip mask, against float64 numpy.
+"""The quest scale rule (numerics.md §2, Quartet forward) and the clip mask, against float64 numpy.
 
 Reference: per group of 32 along the last axis, μ = mean, σ = sqrt(max(E[x²] − μ², 0))
 (float64), s0 = (2.92247856 / 6)·σ + 1e-8, s = 2^floor(log2 s0); v = x / s (float32, exact:

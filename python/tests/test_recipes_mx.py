@@ -1,7 +1,7 @@
-"""The mxfp4 and nvfp4 linear recipes (spec §6, "Other baselines") against float64 references.
+"""The mxfp4 and nvfp4 linear recipes (numerics.md §6, "Other baselines") against float64 references.
 
 The recipes are spelled out here independently of fp4swift.Recipe: quantized operands come
-from reference.ref_quantize (the float32 quantizer written from spec §2), the GEMMs are
+from reference.ref_quantize (the float32 quantizer written from numerics.md §2), the GEMMs are
 float64. mxfp4: e2m1, e8m0 scales, 1x32 blocks on X and W, RNE, STE, float32 gradients.
 nvfp4: e2m1, two-level nvfp4 scales, 1x16 blocks on X, 16x16 tiles on W, RNE forward,
 dY stochastically rounded (e2m1, nvfp4 scales, 1x16 blocks, the per-call seed of LinearSaved.gradient_seed) for dX = Q(dY)·W_q, STE;

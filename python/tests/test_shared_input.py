@@ -105,7 +105,7 @@ torch = pytest.importorskip("torch")
 def _train(share: bool, steps: int = 3):
     import fp4swift.torch as f4t
     from fp4swift.train.model import ModelConfig, build_model
-    from fp4swift.train.runner import prepare_model
+    from fp4swift.train.recipes import prepare_model
 
     previous = f4t.set_input_sharing(share)
     try:

@@ -1,6 +1,6 @@
 """Module roles, the module policy of `convert` (zhou2025: FP8 attention, FP4 MLP, float32
 LM head) on the project's model and on Hugging Face LLaMA / GPT-2 models, and the
-target-precision schedule (spec §7)."""
+target-precision schedule (numerics.md §7)."""
 from __future__ import annotations
 
 import copy

@@ -23,7 +23,8 @@ import fp4swift as f4  # noqa: E402
 from fp4swift import cli  # noqa: E402
 from fp4swift.train import data as tdata  # noqa: E402
 from fp4swift.train.model import ModelConfig, build_model, count_parameters  # noqa: E402
-from fp4swift.train.runner import INTERLEAVE_STEPS, read_metrics  # noqa: E402
+from fp4swift.train.outputs import read_metrics  # noqa: E402
+from fp4swift.train.runner import INTERLEAVE_STEPS  # noqa: E402
 
 TINY = ["--d-model", "32", "--layers", "1", "--heads", "2", "--seq-len", "32", "--batch-size", "4",
         "--no-progress", "--threads", "1"]
@@ -592,7 +593,7 @@ def test_old_config_without_arch_resumes_as_llama(tmp_path, corpus, capsys):
 
 
 # ---------------------------------------------------------------------------------------
-# target-precision schedule (Zhou et al., spec §7)
+# target-precision schedule (Zhou et al., numerics.md §7)
 
 
 @pytest.mark.skipif(not _has_fp4_torch(), reason="needs fp4swift.torch")

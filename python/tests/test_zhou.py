@@ -1,4 +1,4 @@
-"""Zhou et al. 2025 (spec §7) at the layer level: per-GEMM precisions (FP4 forward, FP8
+"""Zhou et al. 2025 (numerics.md §7) at the layer level: per-GEMM precisions (FP4 forward, FP8
 backward), the fp8 recipe, the backward operands as recipe data, against a float64 numpy
 reference built from reference.ref_quantize (independent of fp4swift).
 

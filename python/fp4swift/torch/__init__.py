@@ -112,7 +112,7 @@ def set_input_sharing(enabled: bool) -> bool:
 
 
 class FP4LinearFunction(torch.autograd.Function):
-    """y = x·Wᵀ + b under a recipe; backward through the Swift kernels (spec §6)."""
+    """y = x·Wᵀ + b under a recipe; backward through the Swift kernels (numerics.md §6)."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],  # type: ignore[override]
@@ -293,7 +293,7 @@ def convert(model: nn.Module, recipe: RecipeLike = "wang2025", skip: Optional[It
 
 
 class PrecisionSchedule:
-    """Target-precision training schedule (Zhou et al., spec §7): the converted layers train
+    """Target-precision training schedule (Zhou et al., numerics.md §7): the converted layers train
     under their recipes until step `switch_step`, then every one switches to `target` (default
     "fp8"; "fp32", or any recipe) for the rest of training.
 

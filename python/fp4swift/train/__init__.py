@@ -6,7 +6,12 @@ of Wang et al. (`fp4swift fidelity`), and a scaling-law fit over finished runs
     model.py     the decoders (llama: RMSNorm, RoPE, SwiGLU; gpt2: LayerNorm, learned positions,
                  GELU; causal attention, byte vocabulary), parameter counts
     data.py      byte corpus, split by file, batch sampler = pure function of (seed, step)
-    runner.py    training loop, checkpoints/resume, metrics, summary, run.json
+    config.py    TrainConfig (DIR/config.json) and the flags that set it
+    recipes.py   recipe specs: names, ablation overrides, target-precision schedules
+    step.py      one training step (shared by train and fidelity), optimizer, lr schedule, evaluation
+    threads.py   thread budgets of torch, the Swift core and OpenBLAS
+    outputs.py   a run directory's files: metrics.csv, checkpoints, summary, run.json
+    runner.py    `fp4swift train`: the recipes in turns of 10 steps, resume, Ctrl-C
     plots.py     loss-curve and scaling-law PNGs
     fidelity.py  Table 1 of Wang et al. on this model's linear-layer inputs
     scaling.py   L(N, D) = (A/(N·effN)^α + B/(D·effD)^β)^γ + E fitted to finished runs

@@ -1,4 +1,4 @@
-"""`fp4swift fidelity`: Table 1 of Wang et al. (spec §5) measured on this project's model.
+"""`fp4swift fidelity`: Table 1 of Wang et al. (numerics.md §5) measured on this project's model.
 
 Trains the fp32 model briefly (or loads a `fp4swift train` checkpoint), captures the input
 X of every linear layer that fp4swift.torch.convert() would convert (forward hooks on the
@@ -22,10 +22,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import DataError, check_seq_len, load_corpus, train_batch, val_batches
+from .config import RunError, TrainConfig, config_from_args
+from .data import DataError, check_seq_len, load_corpus, val_batches
 from .model import build_model, count_parameters
-from .runner import (RunError, TrainConfig, config_from_args, converted_linear_names, evaluate, load_checkpoint,
-                     lr_at, make_optimizer)
+from .outputs import load_checkpoint
+from .recipes import converted_linear_names
+from .step import evaluate, make_optimizer, train_step
 
 #: The paper's Table 1 (LLaMA-1.3B activations): (cosine, MSE, SNR dB).
 PAPER = {
@@ -108,15 +110,7 @@ def _train_fp32(model: nn.Module, cfg: TrainConfig, corpus: Any, progress: bool)
     loss_v = float("nan")
     try:
         for step in range(cfg.steps):
-            x, y = train_batch(corpus.train, cfg.seed, step, cfg.batch_size, cfg.seq_len)
-            for g in opt.param_groups:
-                g["lr"] = lr_at(cfg, step)
-            loss = model.loss(torch.from_numpy(x), torch.from_numpy(y))
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            loss_v = loss.detach().item()
+            loss_v, _ = train_step(model, opt, cfg, corpus.train, step)
             if bar is not None:
                 bar.set_postfix(loss=f"{loss_v:.3f}", refresh=False)
                 bar.update(1)
@@ -161,7 +155,7 @@ def format_table(avg: Dict[str, Dict[str, float]], n_layers: int, tokens: int) -
 def fidelity_command(args: Any) -> int:
     """`fp4swift fidelity`: returns the exit status."""
     t0 = time.perf_counter()
-    torch.set_num_threads(max(1, int(args.threads or 1)))  # see runner.default_threads
+    torch.set_num_threads(max(1, int(args.threads or 1)))  # see threads.default_threads
 
     def err(msg: str) -> int:
         print(f"fp4swift fidelity: error: {msg}", file=sys.stderr)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import torch
 import torch.nn.functional as F
@@ -327,11 +327,3 @@ def build_model(cfg: ModelConfig, seed: int) -> nn.Module:
     with g:
         torch.manual_seed(seed)
         return LlamaLM(cfg) if cfg.arch == "llama" else GPT2LM(cfg)
-
-
-def linear_flops_per_token(cfg: ModelConfig) -> Optional[int]:
-    """Multiply-accumulates per token of the linear layers (forward), for reference."""
-    d, h = cfg.d_model, cfg.hidden
-    if cfg.arch == "gpt2":
-        return cfg.layers * (4 * d * d + 2 * d * h) + d * cfg.vocab_size
-    return cfg.layers * (4 * d * d + 3 * d * h) + d * cfg.vocab_size

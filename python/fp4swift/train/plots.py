@@ -3,7 +3,6 @@ the scaling-law fit of `fp4swift scaling-law`."""
 from __future__ import annotations
 
 import math
-import os
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -39,15 +38,14 @@ def _save(fig: Any, path: str, plt: Any) -> str:
 
 
 def plot_scaling(path: str, fit: Any) -> Optional[str]:
-    """One panel per recipe of a scaling.ScalingFit: final validation loss against tokens trained
-    (log x axis), one colour per model size N, and the fitted law L(N·effN, D·effD) as a line per size
+    """One panel per recipe of a scaling.ScalingFit (read through its fields, table() and
+    predict(), so this module imports nothing from scaling.py): final validation loss against
+    tokens trained (log x axis), one colour per model size N, and the fitted law L(N·effN, D·effD) as a line per size
     (the base recipe's fit dashed in the other panels for comparison). Returns the path, or None
     when matplotlib is missing."""
     plt = _pyplot()
     if plt is None:
         return None
-    from .scaling import predict
-
     recipes = [r.recipe for r in fit.table()]
     sizes = sorted({p.n for p in fit.points})
     ds = [p.d for p in fit.points]
@@ -65,9 +63,9 @@ def plot_scaling(path: str, fit: Any) -> Optional[str]:
                 x, y = zip(*sel)
                 ax.plot(x, y, "o", color=color[n], ms=5, label=f"N = {n:,.0f}")
             if r.eff_n is not None and any(p.n == n for p in pts):
-                ax.plot(grid, predict(n, grid, fit.params, r.eff_n, r.eff_d), "-", color=color[n], lw=1.4)
+                ax.plot(grid, fit.predict(n, grid, r.eff_n, r.eff_d), "-", color=color[n], lw=1.4)
                 if r.recipe != fit.base_recipe:
-                    ax.plot(grid, predict(n, grid, fit.params), ":", color=color[n], lw=1.0, alpha=0.7)
+                    ax.plot(grid, fit.predict(n, grid), ":", color=color[n], lw=1.0, alpha=0.7)
         title = r.recipe if r.recipe == fit.base_recipe or r.eff_n is None else \
             f"{r.recipe}: effN {r.eff_n:.2f}, effD {r.eff_d:.2f}"
         ax.set_title(title)

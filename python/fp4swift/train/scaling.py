@@ -39,6 +39,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .files import atomic_write_text
+from .plots import plot_scaling
 
 LAW = "L(N, D) = (A/(N*effN)^alpha + B/(D*effD)^beta)^gamma + E"
 PARAM_NAMES = ("A", "alpha", "B", "beta", "gamma", "E")
@@ -426,6 +427,10 @@ class ScalingFit:
         r = next((r for r in self.table() if r.recipe == recipe), None)
         return None if r is None or r.eff_n is None or r.eff_d is None else (r.eff_n, r.eff_d)
 
+    def predict(self, n: Any, d: Any, eff_n: float = 1.0, eff_d: float = 1.0) -> np.ndarray:
+        """L(N, D) of the fitted law (the base parameters) with a recipe's efficiencies."""
+        return predict(n, d, self.params, eff_n, eff_d)
+
     def to_dict(self) -> Dict[str, Any]:
         """The content of scaling_fit.json."""
         pts = []
@@ -542,8 +547,6 @@ def write_outputs(out: str, f: ScalingFit) -> Dict[str, Optional[str]]:
                     json.dumps(r.note))
     cs = os.path.join(out, "scaling_fit.csv")
     atomic_write_text(cs, "\n".join(rows) + "\n")
-    from .plots import plot_scaling
-
     png = plot_scaling(os.path.join(out, "scaling_law.png"), f)
     return {"json": js, "csv": cs, "png": png}
 
