@@ -282,20 +282,6 @@ final class OCCTests: XCTestCase {
                     XCTAssertEqual(Double(y[r * n + j]), s, accuracy: 1e-6 * mag + 1e-30, "y[\(r), \(j)], \(what)")
                 }
             }
-            // out += gᵀ · R
-            let out = denseTTimesCSR(g, rows: rows, n: n, csr, cols: cols, out: out0)
-            let outNarrow = withPanelFloats(16) { denseTTimesCSR(g, rows: rows, n: n, csr, cols: cols, out: out0) }
-            assertBitwiseEqual(outNarrow, out, "narrow panels, \(what)")
-            for j in 0..<n {
-                for c in 0..<cols {
-                    var s = Double(out0[j * cols + c]), mag = abs(s)
-                    for r in 0..<rows {
-                        let p = Double(g[r * n + j]) * Double(dense[r * cols + c])
-                        s += p; mag += abs(p)
-                    }
-                    XCTAssertEqual(Double(out[j * cols + c]), s, accuracy: 1e-6 * mag + 1e-30, "out[\(j), \(c)], \(what)")
-                }
-            }
             // x += R
             let x = scatter(csr, rows: rows, cols: cols, x: x0)
             for i in 0..<(rows * cols) {
@@ -354,7 +340,6 @@ final class OCCTests: XCTestCase {
                 for panel in [1 << 20, 1 << 8] {
                     withPanelFloats(panel) {
                         results.append(csrMatmulT(csr, rows: rows, cols: cols, w: w, n: n, y: y0))
-                        results.append(denseTTimesCSR(g, rows: rows, n: n, csr, cols: cols, out: out0))
                     }
                 }
                 results.append(scatter(csr, rows: rows, cols: cols, x: x))
@@ -363,12 +348,11 @@ final class OCCTests: XCTestCase {
         }
         let one = try withThreadCount(1) { try run() }
         // The panel split does not change any sum either.
-        // Per alpha, 14 results: 0 tensor, 1–3 rows, 4 row thresholds, 5–8 clamp + CSR,
-        // 9/10 y/out wide, 11/12 y/out narrow, 13 scatter.
-        XCTAssertEqual(one.count, 28)
-        for k in stride(from: 0, to: one.count, by: 14) {
-            assertBitwiseEqual(one[k + 9], one[k + 11], "y, wide vs narrow panels, \(what)")
-            assertBitwiseEqual(one[k + 10], one[k + 12], "out, wide vs narrow panels, \(what)")
+        // Per alpha, 12 results: 0 tensor, 1–3 rows, 4 row thresholds, 5–8 clamp + CSR,
+        // 9 y wide, 10 y narrow, 11 scatter.
+        XCTAssertEqual(one.count, 24)
+        for k in stride(from: 0, to: one.count, by: 12) {
+            assertBitwiseEqual(one[k + 9], one[k + 10], "y, wide vs narrow panels, \(what)")
         }
         for threads in [2, 3, 8] {
             let many = try withThreadCount(threads) { try run() }
@@ -425,11 +409,11 @@ final class OCCTests: XCTestCase {
         var typical = 0, decided = 0  // typical data: the sample should almost always be right
         for n in [4096, 4097, 9000] {
             for (name, x, mustDecide) in Self.tailCases(n, &rng) {
-                let keys = x.map { OCC.orderKey($0.bitPattern) }.sorted()
+                let keys = x.map { OrderStatistics.orderKey($0.bitPattern) }.sorted()
                 for a in [0.97, 0.99, 0.999, 1.0] {
                     let (ra, rb) = OCC.quantileIndices(count: n, alpha: a)
                     let what = "\(name) n \(n) alpha \(a) seed \(seed)"
-                    switch x.withUnsafeBufferPointer({ OCC.selectTails($0.baseAddress!, n, ra, rb) }) {
+                    switch x.withUnsafeBufferPointer({ OrderStatistics.selectTails($0.baseAddress!, n, ra, rb) }) {
                     case .keys(let ka, let kb):
                         XCTAssertEqual(ka, keys[ra], what)
                         XCTAssertEqual(kb, keys[rb], what)
@@ -438,13 +422,13 @@ final class OCCTests: XCTestCase {
                     }
                     if mustDecide {
                         typical += 1
-                        if case .keys = x.withUnsafeBufferPointer({ OCC.selectTails($0.baseAddress!, n, ra, rb) }) { decided += 1 }
+                        if case .keys = x.withUnsafeBufferPointer({ OrderStatistics.selectTails($0.baseAddress!, n, ra, rb) }) { decided += 1 }
                     }
                     // A NaN or ±inf anywhere: never keys.
                     for bad in [Float.nan, .infinity, -.infinity] {
                         var y = x
                         y[Int.random(in: 0..<n, using: &rng)] = bad
-                        if case .keys = y.withUnsafeBufferPointer({ OCC.selectTails($0.baseAddress!, n, ra, rb) }) {
+                        if case .keys = y.withUnsafeBufferPointer({ OrderStatistics.selectTails($0.baseAddress!, n, ra, rb) }) {
                             XCTFail("non-finite \(bad) not caught: \(what)")
                         }
                     }
@@ -455,7 +439,7 @@ final class OCCTests: XCTestCase {
         // Wide tails are left to the radix select.
         let x = (0..<5000).map { _ in gaussian(&rng) }
         let (ra, rb) = OCC.quantileIndices(count: 5000, alpha: 0.9)
-        if case .undecided = x.withUnsafeBufferPointer({ OCC.selectTails($0.baseAddress!, 5000, ra, rb) }) {} else {
+        if case .undecided = x.withUnsafeBufferPointer({ OrderStatistics.selectTails($0.baseAddress!, 5000, ra, rb) }) {} else {
             XCTFail("tails of 10% should be declined")
         }
     }
@@ -464,19 +448,19 @@ final class OCCTests: XCTestCase {
         var (rng, seed) = TestRNG.fresh()
         for n in [2, 3, 17, 49, 128, 352, 1000] {
             for (name, x, _) in Self.tailCases(n, &rng) {
-                let keys = x.map { OCC.orderKey($0.bitPattern) }.sorted()
+                let keys = x.map { OrderStatistics.orderKey($0.bitPattern) }.sorted()
                 let scratch = UnsafeMutablePointer<UInt32>.allocate(capacity: n)
                 defer { scratch.deallocate() }
                 for _ in 0..<6 {
-                    let k1 = Int.random(in: 1...Swift.min(OCC.tailKeep, n - 1), using: &rng)
-                    let k2 = Int.random(in: 1...Swift.min(OCC.tailKeep, n - k1), using: &rng)
+                    let k1 = Int.random(in: 1...Swift.min(OrderStatistics.tailKeep, n - 1), using: &rng)
+                    let k2 = Int.random(in: 1...Swift.min(OrderStatistics.tailKeep, n - k1), using: &rng)
                     let what = "\(name) n \(n) k1 \(k1) k2 \(k2) seed \(seed)"
-                    let got = x.withUnsafeBufferPointer { OCC.selectSmallTails($0.baseAddress!, n, k1, k2, keys: scratch) }
+                    let got = x.withUnsafeBufferPointer { OrderStatistics.selectSmallTails($0.baseAddress!, n, k1, k2, keys: scratch) }
                     XCTAssertEqual(got?.0, keys[k1 - 1], what)
                     XCTAssertEqual(got?.1, keys[n - k2], what)
                     var y = x
                     y[Int.random(in: 0..<n, using: &rng)] = [Float.nan, .infinity, -.infinity][Int.random(in: 0..<3, using: &rng)]
-                    XCTAssertNil(y.withUnsafeBufferPointer { OCC.selectSmallTails($0.baseAddress!, n, k1, k2, keys: scratch) }, what)
+                    XCTAssertNil(y.withUnsafeBufferPointer { OrderStatistics.selectSmallTails($0.baseAddress!, n, k1, k2, keys: scratch) }, what)
                 }
             }
         }
@@ -603,19 +587,6 @@ private func csrMatmulT(_ csr: OCCTests.CSR, rows: Int, cols: Int, w: [Float], n
         }
     }
     return y
-}
-
-private func denseTTimesCSR(_ g: [Float], rows: Int, n: Int, _ csr: OCCTests.CSR, cols: Int, out: [Float]) -> [Float] {
-    var out = out
-    withCSR(csr) { ip, jp, vp in
-        g.withUnsafeBufferPointer { gp in
-            out.withUnsafeMutableBufferPointer { op in
-                OCC.denseTransposedTimesCSR(gp.baseAddress!, rows: rows, n: n, indptr: ip, indices: jp, values: vp,
-                                            cols: cols, into: op.baseAddress!)
-            }
-        }
-    }
-    return out
 }
 
 private func scatter(_ csr: OCCTests.CSR, rows: Int, cols: Int, x: [Float]) -> [Float] {

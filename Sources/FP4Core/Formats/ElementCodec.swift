@@ -29,7 +29,7 @@ public struct ElementCodec: Sendable {
 
     @inlinable var infCode: Int32 { Int32(format.infMagnitudeCode ?? format.maxFiniteMagnitudeCode) }
 
-    /// Code of an element that is already on the grid scale (spec §1).
+    /// Code of an element that is already on the grid scale (numerics.md §1).
     /// Non-finite input: NaN becomes the format's NaN code if it has one, ±inf its inf code
     /// or ±max; formats without either return nil (the caller reports the error).
     @inlinable

@@ -1,6 +1,6 @@
 /// What a format does with magnitudes above its largest finite value.
 public enum OverflowBehaviour: Sendable {
-    /// Round to ±max (all FP4 formats and e4m3, spec §1).
+    /// Round to ±max (all FP4 formats and e4m3, numerics.md §1).
     case saturate
     /// IEEE-like: values that round above max become ±inf (e5m2).
     case infinity
@@ -57,7 +57,7 @@ public struct MiniFloatFormat: Sendable, Equatable {
         return Float((1 << manBits) + m) * exactPow2(e - bias - manBits)
     }
 
-    /// Every format of spec §1, in ABI order (the index is the C enum value).
+    /// Every format of numerics.md §1, in ABI order (the index is the C enum value).
     public static let all: [MiniFloatFormat] = [
         MiniFloatFormat(name: "e2m1", expBits: 2, manBits: 1, bias: 1, hasSign: true,
                         maxFiniteMagnitudeCode: 7, nanMagnitudeCode: nil, infMagnitudeCode: nil,

@@ -19,7 +19,4 @@ public enum BLAS {
                     Int32(m), Int32(n), Int32(k), alpha,
                     a, Int32(transA ? m : k), b, Int32(transB ? k : n), beta, c, Int32(n))
     }
-
-    /// OpenBLAS's worker count (it has its own pool, separate from `Parallel`).
-    public static func setThreads(_ n: Int) { openblas_set_num_threads(Int32(n)) }
 }

@@ -2,7 +2,7 @@
 import Glibc
 #endif
 
-/// Reconstruction quality between x and x̂ (spec §5), the metrics of Wang et al. Table 1.
+/// Reconstruction quality between x and x̂ (numerics.md §5), the metrics of Wang et al. Table 1.
 public struct Fidelity: Sendable, Equatable {
     /// Σ x·x̂ / (‖x‖ ‖x̂‖); 1 when both are all-zero, 0 when exactly one is.
     public var cosine: Double

@@ -1,4 +1,4 @@
-/// The clip mask of a quantization (spec §2, `quest`; used by Quartet's backward):
+/// The clip mask of a quantization (numerics.md §2, `quest`; used by Quartet's backward):
 /// one bit per element, 1 when the element's grid value v lies strictly inside the
 /// format's range, |v| < fmax (for QuEST e2m1: |x / s| < 6), 0 when it clipped (or sat
 /// on the boundary) and in groups holding NaN/inf. Elements of all-zero groups get 1.
@@ -13,7 +13,7 @@ extension Quantizer {
     public func clipMask(_ x: UnsafePointer<Float>, scales ts: TensorScales,
                          into mask: UnsafeMutablePointer<UInt8>) {
         let L = ts.layout
-        let fmax = format.maxValue, twoLevel = scaleRule == .nvfp4
+        let fmax = format.maxValue, twoLevel = scaleRule.isTwoLevel
         let bytes = Quantizer.maskBytes(count: L.count)
         guard bytes > 0 else { return }
         // Chunks of whole 8-row bands start at a flat index that is a multiple of 8, so no

@@ -1,5 +1,5 @@
 /// How a tensor, viewed as a row-major [rows, cols] matrix, splits into scale groups
-/// (spec §2). Every granularity is a tile shape: one scale per `groupRows × groupCols` tile.
+/// (numerics.md §2). Every granularity is a tile shape: one scale per `groupRows × groupCols` tile.
 public enum Granularity: Sendable, Equatable {
     case tensor
     case row

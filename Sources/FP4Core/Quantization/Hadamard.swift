@@ -1,4 +1,4 @@
-/// Blockwise fast Walsh–Hadamard transform along the last dimension (spec §6, Quartet).
+/// Blockwise fast Walsh–Hadamard transform along the last dimension (numerics.md §6, Quartet).
 ///
 /// H_b is the normalized Sylvester–Hadamard matrix of size b (a power of two):
 /// H_1 = [1], H_2n = [[H_n, H_n], [H_n, −H_n]] / √2. It is symmetric and orthogonal,

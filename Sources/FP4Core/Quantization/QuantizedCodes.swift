@@ -1,4 +1,4 @@
-/// Quantize to stored codes + scales, and back (spec §1–2).
+/// Quantize to stored codes + scales, and back (numerics.md §1–2).
 ///
 /// FP4 codes are packed two per byte over the flat element index (element 2i in the low
 /// nibble); FP8 codes take one byte each.
@@ -22,12 +22,12 @@ extension Quantizer {
             let q: Quantizer, x: UnsafePointer<Float>, codes: UnsafeMutablePointer<UInt8>, ts: TensorScales
             let fake: UnsafeMutablePointer<Float>?, enc: CodeWriter, fp4: FP4NearestEven?
             func visit<R: MagnitudeRounder>(_ rounder: R) {
-                q.quantizeRows(x, codes, fake, ts, q.scaleRule == .nvfp4, enc, fp4, rounder)
+                q.quantizeRows(x, codes, fake, ts, q.scaleRule.isTwoLevel, enc, fp4, rounder)
             }
         }
         withRounder(Run(q: self, x: x, codes: codes, ts: ts, fake: dequantized,
                         enc: CodeWriter(grid: GridParameters(format), signBit: signBit, infCode: infCode),
-                        fp4: rounding == .nearestEven ? FP4NearestEven(format) : nil))
+                        fp4: rounding == .nearestEven ? FP4NearestEven.forPackedCodes(format) : nil))
         return ts
     }
 
@@ -209,7 +209,7 @@ extension Quantizer {
         try validate()
         let L = try granularity.layout(rows: rows, cols: cols)
         let table = ElementCodec.of(format).decodeTable
-        let packed = format.isFP4, twoLevel = scaleRule == .nvfp4
+        let packed = format.isFP4, twoLevel = scaleRule.isTwoLevel
         table.withUnsafeBufferPointer { tb in
             let grain = Parallel.grain(count: L.rows, minItems: Swift.max(1, 8192 / Swift.max(1, L.cols)))
             Parallel.forChunks(count: L.rows, grain: grain) { rowRange in
@@ -266,101 +266,6 @@ extension Quantizer {
     }
 }
 
-/// Nearest-even coding for an FP4 format (saturating, 8 ascending magnitudes), by the 7
-/// midpoints between neighbours: the code of a magnitude a is the number of midpoints it
-/// passes, where a tie passes iff the lower code is odd (ties go to the even code), and its
-/// grid value is the sum of the steps passed (exact: small dyadic numbers). This is the
-/// spec's RNE with saturation, bit for bit, and compares + adds vectorize well with fewer
-/// vector instructions than the general binade / round / code sequence.
-struct FP4NearestEven {
-    // Thresholds as bit patterns (non-negative floats order like their bits): a magnitude with
-    // bits b passes midpoint k iff b > u_k, with u_k = bits(t_k) for ">" and bits(t_k) − 1 for
-    // ">=". Steps d_k as bit patterns. All plain scalars, kept in registers in the loops.
-    let u0, u1, u2, u3, u4, u5, u6: UInt32
-    let d0, d1, d2, d3, d4, d5, d6: UInt32
-    /// The format is e2m1: `Quantizer.codeSegmentPackedDivide` takes the SIMD8 kernel.
-    let isE2M1: Bool
-
-    init?(_ f: MiniFloatFormat) {
-        guard f.isFP4, f.overflow == .saturate, f.maxFiniteMagnitudeCode == 7 else { return nil }
-        var u = [UInt32](), d = [UInt32]()
-        for k in 0..<7 {
-            let lo = f.magnitude(ofCode: k), hi = f.magnitude(ofCode: k + 1), m = (lo + hi) / 2
-            // The midpoint must be exact (always true for FP4 grids).
-            guard lo < m, m < hi, m - lo == hi - m else { return nil }
-            // Ties: codes 0, 2, 4, 6 stay (a > t), codes 1, 3, 5 go up (a >= t).
-            u.append(k & 1 == 0 ? m.bitPattern : m.bitPattern - 1)
-            d.append((hi - lo).bitPattern)
-        }
-        (u0, u1, u2, u3, u4, u5, u6) = (u[0], u[1], u[2], u[3], u[4], u[5], u[6])
-        (d0, d1, d2, d3, d4, d5, d6) = (d[0], d[1], d[2], d[3], d[4], d[5], d[6])
-        isE2M1 = f == .e2m1
-    }
-
-    /// Code (sign bit 8 | magnitude code) and signed grid value of the grid-scaled value v.
-    /// Integer arithmetic only (Bool selects would become a tree of branches).
-    @inline(__always)
-    func encode(_ v: Float) -> (code: UInt32, q: Float) {
-        let sign = v.bitPattern & 0x8000_0000, b = v.bitPattern & 0x7FFF_FFFF
-        // All ones when b > u (both < 2^31, so the borrow lands in the sign bit), else 0.
-        @inline(__always) func passes(_ u: UInt32) -> UInt32 {
-            UInt32(bitPattern: Int32(bitPattern: u &- b) >> 31)
-        }
-        let p0 = passes(u0), p1 = passes(u1), p2 = passes(u2), p3 = passes(u3)
-        let p4 = passes(u4), p5 = passes(u5), p6 = passes(u6)
-        let c = 0 &- (p0 &+ p1 &+ p2 &+ p3 &+ p4 &+ p5 &+ p6)
-        // Sum of the steps passed, in code order (every partial sum is a grid value: exact).
-        var r = Float(bitPattern: d0 & p0)
-        r += Float(bitPattern: d1 & p1)
-        r += Float(bitPattern: d2 & p2)
-        r += Float(bitPattern: d3 & p3)
-        r += Float(bitPattern: d4 & p4)
-        r += Float(bitPattern: d5 & p5)
-        r += Float(bitPattern: d6 & p6)
-        return (c | (sign >> 28), Float(bitPattern: r.bitPattern | sign))
-    }
-}
-
-/// FP4 decoding of a 4-bit code (sign bit 8 | magnitude code) by selects over the 8
-/// magnitudes (sign-magnitude: code c + 8 is the magnitude of c with the sign bit set).
-struct FP4Decoder {
-    let m0, m1, m2, m3, m4, m5, m6, m7: Float
-    /// The magnitudes are e2m1's (0, 0.5, 1, 1.5, 2, 3, 4, 6): `valueE2M1` applies.
-    let isE2M1: Bool
-
-    init(_ table: UnsafeBufferPointer<Float>) {
-        (m0, m1, m2, m3) = (table[0], table[1], table[2], table[3])
-        (m4, m5, m6, m7) = (table[4], table[5], table[6], table[7])
-        let e2m1: [Float] = [0, 0.5, 1, 1.5, 2, 3, 4, 6]
-        isE2M1 = (0..<8).allSatisfy { table[$0].bitPattern == e2m1[$0].bitPattern }
-    }
-
-    /// `value` for e2m1, arithmetically: magnitude code m ≥ 2 is the float with bits
-    /// (m + 252) << 22 (exponent m / 2 − 1, mantissa bit m & 1); m = 0, 1 are m · 0.5.
-    @inline(__always)
-    static func valueE2M1(_ c: UInt32) -> Float {
-        let m = c & 7
-        let v = m < 2 ? Float(m) * 0.5 : Float(bitPattern: (m &+ 252) << 22)
-        return Float(bitPattern: v.bitPattern | ((c & 8) << 28))
-    }
-
-    @inline(__always)
-    func value(_ c: UInt32) -> Float {
-        // A select chain on the magnitude code (compiles to compare + blend per step, in
-        // vectors; measured faster than a select tree on the code bits).
-        let m = c & 7
-        var v = m0
-        v = m == 1 ? m1 : v
-        v = m == 2 ? m2 : v
-        v = m == 3 ? m3 : v
-        v = m == 4 ? m4 : v
-        v = m == 5 ? m5 : v
-        v = m == 6 ? m6 : v
-        v = m == 7 ? m7 : v
-        return Float(bitPattern: v.bitPattern | ((c & 8) << 28))
-    }
-}
-
 /// Packs `count` 4-bit codes (one per byte, low nibble used) two per byte, element 2i in
 /// the low nibble; an odd count pads the last high nibble with 0.
 public func packNibbles(_ codes: UnsafePointer<UInt8>, count: Int, into packed: UnsafeMutablePointer<UInt8>) {
@@ -372,59 +277,4 @@ public func packNibbles(_ codes: UnsafePointer<UInt8>, count: Int, into packed: 
 /// Inverse of `packNibbles`.
 public func unpackNibbles(_ packed: UnsafePointer<UInt8>, count: Int, into codes: UnsafeMutablePointer<UInt8>) {
     for i in 0..<count { codes[i] = (packed[i >> 1] >> UInt8((i & 1) << 2)) & 0xF }
-}
-
-/// e2m1 nearest-even coding of 8 elements at a time (v = x / s, x̂ = q · s), the same bits as
-/// `FP4NearestEven.encode` / `GridParameters.roundNearestEvenMantissa`: with a = min(|v|, 6)
-/// and e = max(floor(log2 a), 0), the e2m1 quantum in binade e is 2^(e − 1), and
-/// t = a + 2^(e + 22) rounds a to k quanta, ties to even (the IEEE add rounds at exactly that
-/// bit), so t − 2^(e + 22) is the rounded magnitude (exact) and k = bits(t) & 7 (k ≤ 4). The
-/// magnitude code is k + 2e (e = 0: k = 0 ... 4; e = 1: k = 2 ... 4; e = 2: k = 2, 3).
-/// Only SIMD arithmetic, bitwise operators and shifts (see `QuartetKernels`: comparisons and
-/// selects on SIMD types can compile to per-lane code).
-enum E2M1Kernel {
-    typealias K = QuartetKernels
-
-    /// Codes (sign bit 8 | magnitude code) and signed grid values of the grid-scaled v.
-    @inline(__always)
-    static func encode(_ v: SIMD8<Float>) -> (code: SIMD8<UInt32>, q: SIMD8<Float>) {
-        let b = K.bits(v)
-        let sign = b & 0x8000_0000
-        let a = K.minNonNegative(K.float(b & 0x7FFF_FFFF), 6)
-        let e = K.int(K.bits(a) & 0x7F80_0000) &- 0x3F80_0000
-        let e0 = K.uint(e & ~(e &>> 31))  // max(e, 0) << 23
-        let magic = K.float(e0 &+ 0x4A80_0000)  // 2^(max(e, 0) + 22)
-        let t = a + magic
-        let code = (K.bits(t) & 7) &+ (e0 &>> 22) | (sign &>> 28)
-        return (code, K.float(K.bits(t - magic) | sign))
-    }
-
-    /// 8 codes packed two per byte.
-    @inline(__always)
-    static func pack(_ c: SIMD8<UInt32>) -> UInt32 {
-        let w = unsafeBitCast(c, to: SIMD4<UInt64>.self)
-        return unsafeBitCast(SIMD4<UInt8>(truncatingIfNeeded: w | (w &>> 28)), to: UInt32.self)
-    }
-
-    /// `blocks` blocks of 8: codes into codes[0 ..< 4 · blocks], x̂ into fake[0 ..< 8 · blocks].
-    static func encodeBlocks(_ x: UnsafePointer<Float>, _ codes: UnsafeMutablePointer<UInt8>,
-                             _ fake: UnsafeMutablePointer<Float>, _ blocks: Int, _ s: Float) {
-        let sv = SIMD8<Float>(repeating: s)
-        let src = UnsafeRawPointer(x), dst = UnsafeMutableRawPointer(fake), cp = UnsafeMutableRawPointer(codes)
-        for k in 0..<blocks {
-            let (c, q) = encode(src.loadUnaligned(fromByteOffset: 32 * k, as: SIMD8<Float>.self) / sv)
-            cp.storeBytes(of: pack(c), toByteOffset: 4 * k, as: UInt32.self)
-            dst.storeBytes(of: q * sv, toByteOffset: 32 * k, as: SIMD8<Float>.self)
-        }
-    }
-
-    /// `encodeBlocks` without x̂.
-    static func encodeBlocks(_ x: UnsafePointer<Float>, _ codes: UnsafeMutablePointer<UInt8>, _ blocks: Int, _ s: Float) {
-        let sv = SIMD8<Float>(repeating: s)
-        let src = UnsafeRawPointer(x), cp = UnsafeMutableRawPointer(codes)
-        for k in 0..<blocks {
-            let c = encode(src.loadUnaligned(fromByteOffset: 32 * k, as: SIMD8<Float>.self) / sv).code
-            cp.storeBytes(of: pack(c), toByteOffset: 4 * k, as: UInt32.self)
-        }
-    }
 }

@@ -1,4 +1,4 @@
-/// How a scaled value is rounded to the element grid (spec §1).
+/// How a scaled value is rounded to the element grid (numerics.md §1).
 public enum Rounding: Int, Sendable, CaseIterable {
     /// Nearest grid value; exact midpoints go to the even magnitude code.
     case nearestEven = 0

@@ -1,4 +1,4 @@
-/// How a group's scale follows from its absolute maximum (spec §2).
+/// How a group's scale follows from its absolute maximum (numerics.md §2).
 public enum ScaleRule: Int, Sendable, CaseIterable {
     /// s = amax / fmax (Wang et al.).
     case absmax = 0
@@ -27,17 +27,33 @@ public enum ScaleRule: Int, Sendable, CaseIterable {
     }
 
     /// Whether stored scales are one byte each (e8m0 exponents, nvfp4's e4m3 codes).
-    public var storesScaleBytes: Bool { self == .e8m0 || self == .nvfp4 }
+    @inlinable public var storesScaleBytes: Bool { self == .e8m0 || self == .nvfp4 }
+
+    /// Two levels of scale (a per-tensor S over per-group scales, nvfp4): v = x · (S / sb),
+    /// so the element loops take `TwoLevelScaling`, and the tensor amax must be known first.
+    @inlinable public var isTwoLevel: Bool { self == .nvfp4 }
+
+    /// The group's scale follows from the group's amax alone (not from other statistics, as
+    /// quest's σ, nor from the tensor amax, as nvfp4's S): one sweep can compute a row's
+    /// amax, its scales and its elements (the fused fake-quantize and clamp paths).
+    @inlinable public var needsOnlyGroupAmax: Bool { !isTwoLevel && self != .quest }
+
+    /// Whether values can clip (|x / s| > fmax) on purpose: e8m0 and nvfp4 scales saturate,
+    /// quest clips by design. The others keep amax / s ≤ fmax by construction.
+    @inlinable public var canClip: Bool { self == .e8m0 || self == .nvfp4 || self == .quest }
 
     /// Whether amax / s ≤ fmax holds by construction, so nothing in the group clips and a
     /// float32 |x / s| just above fmax is rounding of the scale (e1m2 absmax: 3.5000002),
-    /// not saturation. e8m0 and nvfp4 scales saturate on purpose.
-    public var neverClips: Bool { self == .absmax || self == .pow2 || self == .absmaxDiv3 }
+    /// not saturation (DGE then counts |v| as fmax, numerics.md §4).
+    @inlinable public var neverClips: Bool { !canClip }
+
+    /// Scales are powers of two (exact products, no rounding in x / s or q · s).
+    @inlinable public var isPowerOfTwo: Bool { self == .pow2 || self == .e8m0 || self == .quest }
 }
 
 /// A group's scale as the element loop applies it. Most rules divide (v = x / s,
-/// x̂ = q · s). nvfp4 multiplies by S / sb and decodes as (q · sb) / S, in the order the
-/// spec gives, so a float32 numpy reference reproduces every bit.
+/// x̂ = q · s). nvfp4 multiplies by S / sb and decodes as (q · sb) / S, in the order
+/// numerics.md §2 gives, so a float32 numpy reference reproduces every bit.
 public struct GroupScale: Sendable {
     /// Divide rules: s. nvfp4: float(sb).
     public var scale: Float
@@ -90,7 +106,7 @@ extension ScaleRule {
             return GroupScale(scale: sb, tensorScale: S, byte: code, isZero: sb == 0)
         case .absmaxDiv3:
             guard amax > 0 else { return zero }
-            let s = exactPow2(exponentFloor(amax)) / 3
+            let s = ScaleRule.absmaxDiv3Scale(amax: amax)
             return s > 0 ? GroupScale(scale: s, tensorScale: 1, byte: 0, isZero: false) : zero
         case .quest:
             guard amax > 0 else { return zero }
@@ -99,12 +115,26 @@ extension ScaleRule {
     }
 
     /// QuEST's scale from σ: s0 = (2.92247856 / fmax)·σ + 1e-8 in float64 (for e2m1 the
-    /// spec's (2.92247856 / 6)·σ: the clip range 2.92σ is the MSE-optimal one for a
+    /// (2.92247856 / 6)·σ of numerics.md §2: the clip range 2.92σ is the MSE-optimal one for a
     /// Gaussian), s = 2^floor(log2 s0), at most 2^127. s0 ≥ 1e-8, so s ≥ 2^−27.
     public static func questScale(std: Double, format: MiniFloatFormat) -> Float {
-        let s0 = (2.92247856 / Double(format.maxValue)) * std + 1e-8
+        questScale(std: std, fmax: Double(format.maxValue))
+    }
+
+    /// `questScale(std:format:)` with fmax given (the quartet kernels pass 6: no format lookup).
+    @inlinable @inline(__always)
+    public static func questScale(std: Double, fmax: Double) -> Float {
+        let s0 = (2.92247856 / fmax) * std + 1e-8
         guard s0.isFinite else { return exactPow2(127) }
-        return exactPow2(Swift.min(Int(s0.exponent), 127))
+        // s0 ≥ 1e-8 is a normal double: its exponent is the biased field − 1023.
+        let e = Int((s0.bitPattern >> 52) & 0x7FF) - 1023
+        return exactPow2(Swift.min(e, 127))
+    }
+
+    /// absmax_div3's s = 2^floor(log2 amax) / 3 for a finite amax > 0 (0 only if it underflows).
+    @inlinable @inline(__always)
+    public static func absmaxDiv3Scale(amax: Float) -> Float {
+        exactPow2(exponentFloor(amax)) / 3
     }
 }
 

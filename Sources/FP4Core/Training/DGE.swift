@@ -1,4 +1,4 @@
-/// The differentiable gradient estimator of Wang et al. (spec §4).
+/// The differentiable gradient estimator of Wang et al. (numerics.md §4).
 ///
 /// Each quantization step [a, a+δ] is modelled by the smooth
 ///     f(x) = (δ/2) · (1 + sign(2x/δ − 1) · |2x/δ − 1|^(1/k)),   x = |v| − a ∈ [0, δ],

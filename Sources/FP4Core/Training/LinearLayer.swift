@@ -1,4 +1,4 @@
-/// Caller-owned buffers of what the forward saves for the backward (spec §6): X_q as
+/// Caller-owned buffers of what the forward saves for the backward (numerics.md §6): X_q as
 /// codes + scales and the sparse OCC residual, never a float32 copy of X. W is not
 /// saved: the backward recomputes W_q from W.
 public struct LinearSaved {
@@ -59,7 +59,7 @@ struct Operand {
     }
 }
 
-/// The FP4 linear layer Y = X·Wᵀ + b under a `LinearRecipe` (spec §6).
+/// The FP4 linear layer Y = X·Wᵀ + b under a `LinearRecipe` (numerics.md §6).
 /// Shapes: X [T, K], W [N, K], b [N], Y and dY [T, N].
 public enum LinearLayer {
     public static func savedSizes(tokens T: Int, inFeatures K: Int, recipe: LinearRecipe) throws -> LinearSavedSizes {
@@ -312,7 +312,7 @@ public enum LinearLayer {
             Parallel.forChunks(count: T, grain: Parallel.grain(count: T, minItems: Swift.max(1, 8192 / Swift.max(1, K)))) { rows in
                 for r in rows {
                     let t = th[perRow ? r : 0]
-                    for i in (r * K)..<((r + 1) * K) { xc[i] = Swift.min(Swift.max(x[i], t.lo), t.hi) }
+                    ClampKernel.clampRow(x + r * K, xc + r * K, K, t.lo, t.hi, true)
                 }
             }
         }

@@ -1,4 +1,4 @@
-/// Outlier clamping and compensation settings (spec §5).
+/// Outlier clamping and compensation settings (numerics.md §5).
 public struct OCCConfig: Sendable, Equatable {
     /// Quantile of the clamp thresholds, in (0.5, 1].
     public var alpha: Double
@@ -14,7 +14,7 @@ public struct OCCConfig: Sendable, Equatable {
     }
 }
 
-/// DGE settings (spec §4).
+/// DGE settings (numerics.md §4).
 public struct DGEConfig: Sendable, Equatable {
     public var k: Float
     public var clamp: Float
@@ -54,7 +54,7 @@ public enum BackwardOperand: Sendable {
     case own(Quantizer?)
 }
 
-/// A linear layer's precision recipe as data (spec §6, §7): which operand of which GEMM is
+/// A linear layer's precision recipe as data (numerics.md §6, §7): which operand of which GEMM is
 /// quantized how. `nil` quantizers mean float32.
 ///
 /// - forward:  Y = Q_input(OCC(X)) · Q_weight(W)ᵀ (+ ΔX · Q_weight(W)ᵀ) + b
