@@ -18,8 +18,11 @@ let package = Package(
             pkgConfig: "openblas",
             providers: [.apt(["libopenblas-dev"])]
         ),
+        // ISA-specific micro-kernels (AVX-512 VNNI, AVX2) of the packed FP4 GEMM, each with a
+        // per-function target attribute; FP4Core picks one at run time by CPU feature.
+        .target(name: "FP4ISA"),
         // Pure Swift numerics. No Foundation (it would drag ICU into the .so).
-        .target(name: "FP4Core", dependencies: ["CBLAS"]),
+        .target(name: "FP4Core", dependencies: ["CBLAS", "FP4ISA"]),
         // The C header (the one description of the ABI) and the thread-local error slot.
         .target(name: "FP4CABI"),
         // Only @_cdecl exports: argument checks, status codes, error text.

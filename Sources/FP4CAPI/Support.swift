@@ -91,4 +91,5 @@ let nameTables: [[UnsafeMutablePointer<CChar>?]] = [
     Granularity.kindNames.map { strdup($0) },
     ScaleRule.allCases.map { strdup($0.name) },
     Rounding.allCases.map { strdup($0.name) },
+    GEMMPath.allCases.map { strdup($0.name) },
 ]

@@ -36,6 +36,7 @@ from .quantization import (
     unpack_fp4,
 )
 
+from .gemm import gemm, gemm_path, gemm_paths
 from .quartet import clip_mask, hadamard
 from .roles import ROLES, module_role
 
@@ -49,5 +50,5 @@ __all__ = [
     "get_num_threads", "pack_fp4", "quantize", "set_num_threads", "unpack_fp4",
     "CSR", "LinearSaved", "Recipe", "csr_matmul_t", "dge_derivative", "dge_surrogate",
     "linear_backward", "linear_forward", "occ", "occ_thresholds", "PreparedInput", "prepare_input", "recipes", "register_recipe",
-    "clip_mask", "hadamard", "ROLES", "module_role",
+    "clip_mask", "hadamard", "ROLES", "module_role", "gemm", "gemm_path", "gemm_paths",
 ]

@@ -14,7 +14,7 @@ import pathlib
 import warnings
 from ctypes import POINTER, c_char_p, c_double, c_float, c_int32, c_int64, c_uint8, c_uint64
 
-ABI_VERSION = 5
+ABI_VERSION = 6
 
 # Status codes.
 OK = 0
@@ -28,6 +28,7 @@ TABLE_FORMAT = 0
 TABLE_GRANULARITY = 1
 TABLE_SCALE_RULE = 2
 TABLE_ROUNDING = 3
+TABLE_GEMM_PATH = 4
 
 # Granularity indices.
 GRANULARITY_TENSOR = 0
@@ -118,12 +119,36 @@ class LinearSaved(ctypes.Structure):
     ]
 
 
+# GEMM paths (fp4swift_gemm's path argument).
+GEMM_PATH_DEFAULT = -1
+GEMM_PATH_GENERIC = 0
+GEMM_PATH_AVX2 = 1
+GEMM_PATH_AVX512VNNI = 2
+
+
+class GemmOperand(ctypes.Structure):
+    """struct fp4swift_gemm_operand"""
+
+    _fields_ = [
+        ("codes", POINTER(c_uint8)),
+        ("codes_len", c_int64),
+        ("rows", c_int64),
+        ("cols", c_int64),
+        ("quantizer", Quantizer),
+        ("scales", POINTER(c_float)),
+        ("scale_bytes", POINTER(c_uint8)),
+        ("n_scales", c_int64),
+        ("tensor_scale", c_float),
+    ]
+
+
 #: C struct name (typedef) -> its ctypes mirror.
 STRUCTS = {
     "fp4swift_quantizer": Quantizer,
     "fp4swift_format_info": FormatInfo,
     "fp4swift_linear_recipe": LinearRecipe,
     "fp4swift_linear_saved": LinearSaved,
+    "fp4swift_gemm_operand": GemmOperand,
 }
 
 f32p = POINTER(c_float)
@@ -229,6 +254,13 @@ SIGNATURES = {
     #     float *dx, float *dw, float *db);
     "fp4swift_quartet_backward": (c_int32, [f32p, c_int64, c_int64, f32p, c_int64, u8p, c_int64, f32p, c_int64,
                                             u8p, c_int64, c_uint64, c_uint64, f32p, f32p, f32p]),
+    # int32_t fp4swift_gemm(const fp4swift_gemm_operand *a, const fp4swift_gemm_operand *b, int32_t path,
+    #     float *c, int64_t c_len);
+    "fp4swift_gemm": (c_int32, [POINTER(GemmOperand), POINTER(GemmOperand), c_int32, f32p, c_int64]),
+    # int32_t fp4swift_gemm_default_path(int32_t *path);
+    "fp4swift_gemm_default_path": (c_int32, [i32p]),
+    # int32_t fp4swift_gemm_path_supported(int32_t path, int32_t *supported);
+    "fp4swift_gemm_path_supported": (c_int32, [c_int32, i32p]),
 }
 
 

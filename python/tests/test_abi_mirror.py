@@ -108,6 +108,8 @@ def parse_header(text: str) -> Header:
         name, value = m.group(1), (m.group(2) or "").strip()
         if not value:
             continue  # the include guard
+        if re.fullmatch(r"\(\s*-\s*\w+\s*\)", value):  # a parenthesized negative literal: (-1)
+            value = value.strip("() ").replace(" ", "")
         try:
             defines[name] = int(value.rstrip("uUlL"), 0)
         except ValueError:

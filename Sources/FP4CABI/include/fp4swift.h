@@ -19,7 +19,7 @@
 extern "C" {
 #endif
 
-#define FP4SWIFT_ABI_VERSION 5
+#define FP4SWIFT_ABI_VERSION 6
 
 /* Status codes. */
 #define FP4SWIFT_OK 0
@@ -33,6 +33,7 @@ extern "C" {
 #define FP4SWIFT_TABLE_GRANULARITY 1 /* tensor, row, column, block, block2d */
 #define FP4SWIFT_TABLE_SCALE_RULE 2  /* absmax, pow2, e8m0, nvfp4, absmax_div3, quest */
 #define FP4SWIFT_TABLE_ROUNDING 3    /* nearest_even, nearest_away, stochastic */
+#define FP4SWIFT_TABLE_GEMM_PATH 4   /* generic, avx2, avx512vnni */
 
 /* Granularity indices (FP4SWIFT_TABLE_GRANULARITY). */
 #define FP4SWIFT_GRANULARITY_TENSOR 0
@@ -225,6 +226,36 @@ int32_t fp4swift_quartet_backward(const float *dy, int64_t tokens, int64_t out_f
                                   const uint8_t *x_codes, int64_t x_codes_len, const float *x_scales,
                                   int64_t x_scales_len, const uint8_t *x_mask, int64_t x_mask_len,
                                   uint64_t seed, uint64_t call, float *dx, float *dw, float *db);
+
+/* GEMM on packed FP4 codes (§11): C = A·B^T with exact integer dot products inside each scale
+ * group and float32 across groups, in ascending order along K. */
+#define FP4SWIFT_GEMM_PATH_DEFAULT (-1)  /* FP4SWIFT_GEMM_ISA if set, else the fastest this CPU runs */
+#define FP4SWIFT_GEMM_PATH_GENERIC 0     /* portable */
+#define FP4SWIFT_GEMM_PATH_AVX2 1        /* AVX2 + FMA: vpmaddubsw + vpmaddwd */
+#define FP4SWIFT_GEMM_PATH_AVX512VNNI 2  /* AVX-512 VNNI: vpdpbusd */
+
+/* One operand: a quantized row-major [rows, cols] tensor, cols = K. The quantizer's format
+ * (FP4 only), granularity (tensor, row, block, block2d; not column) and scale rule describe
+ * the codes; its rounding, seed and nonfinite fields are not read. */
+typedef struct fp4swift_gemm_operand {
+    const uint8_t *codes;       /* packed FP4 codes, ceil(rows * cols / 2) bytes (§1) */
+    int64_t codes_len;
+    int64_t rows;
+    int64_t cols;
+    fp4swift_quantizer quantizer;
+    const float *scales;        /* one float scale per group (nvfp4: float(sb)); NULL: read scale_bytes */
+    const uint8_t *scale_bytes; /* e8m0 rule: exponent bytes; nvfp4 rule: e4m3 codes of sb */
+    int64_t n_scales;
+    float tensor_scale;         /* nvfp4 rule: S (x-hat = q * sb / S); 1 for every other rule */
+} fp4swift_gemm_operand;
+
+/* c [a.rows, b.rows] = A·B^T. path: FP4SWIFT_GEMM_PATH_*; one this CPU cannot run fails. */
+int32_t fp4swift_gemm(const fp4swift_gemm_operand *a, const fp4swift_gemm_operand *b, int32_t path,
+                      float *c, int64_t c_len);
+/* The path FP4SWIFT_GEMM_PATH_DEFAULT resolves to now (fails if FP4SWIFT_GEMM_ISA is invalid). */
+int32_t fp4swift_gemm_default_path(int32_t *path);
+/* supported = 1 when this CPU runs `path`, else 0. */
+int32_t fp4swift_gemm_path_supported(int32_t path, int32_t *supported);
 
 #ifdef __cplusplus
 }
