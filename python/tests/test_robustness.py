@@ -172,3 +172,74 @@ def test_closed_pipe_ends_quietly(argv):
     rc = p.wait(timeout=120)
     assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err, err
     assert rc == 141
+
+
+# ---------------------------------------------------------------------------------------
+# item 13: convert's copy / in-place convention
+
+
+def _tiny_model():
+    torch = pytest.importorskip("torch")
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up = torch.nn.Linear(16, 32)
+            self.down = torch.nn.Linear(32, 16)
+            self.lm_head = torch.nn.Linear(16, 8)
+
+        def forward(self, x):
+            return self.lm_head(self.down(torch.relu(self.up(x))))
+
+    torch.manual_seed(0)
+    return Tiny()
+
+
+def test_convert_inplace_false_leaves_the_model_alone():
+    torch = pytest.importorskip("torch")
+    import warnings
+
+    import fp4swift.torch as f4t
+
+    fp32 = _tiny_model()
+    x = torch.randn(4, 16)
+    before = fp32(x).detach().clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fp4 = f4t.convert(fp32, "wang2025", inplace=False)
+    assert fp4 is not fp32
+    assert type(fp32.up) is torch.nn.Linear and type(fp32.down) is torch.nn.Linear
+    assert isinstance(fp4.up, f4t.FP4Linear) and isinstance(fp4.down, f4t.FP4Linear)
+    assert fp4.up.weight is not fp32.up.weight
+    assert torch.equal(fp32(x), before)
+    assert not torch.equal(fp4(x), before)
+
+
+def test_convert_underscore_is_in_place_without_warning():
+    pytest.importorskip("torch")
+    import warnings
+
+    import fp4swift.torch as f4t
+
+    m = _tiny_model()
+    w = m.up.weight
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert f4t.convert_(m, "wang2025") is m
+        assert f4t.convert(m, "fp4-direct", inplace=True) is m
+    assert isinstance(m.up, f4t.FP4Linear) and m.up.weight is w and m.up.recipe.name == "fp4-direct"
+
+
+def test_convert_without_inplace_keeps_the_old_behaviour_and_warns():
+    torch = pytest.importorskip("torch")
+    import fp4swift.torch as f4t
+
+    m = _tiny_model()
+    with pytest.warns(FutureWarning, match="convert_"):
+        out = f4t.convert(m, "wang2025")
+    assert out is m and isinstance(m.up, f4t.FP4Linear)
+    assert type(m.lm_head) is torch.nn.Linear
+    with pytest.raises(TypeError, match="inplace"):
+        f4t.convert(_tiny_model(), "wang2025", inplace="yes")
+    with pytest.raises(ValueError, match="recipe"):
+        f4t.convert(_tiny_model(), "fp3", inplace=False)

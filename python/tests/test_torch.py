@@ -121,13 +121,13 @@ class _Tiny(nn.Module):
 
 
 def test_convert_policy_and_skip():
-    m = f4t.convert(_Tiny(), "wang2025")
+    m = f4t.convert_(_Tiny(), "wang2025")
     assert isinstance(m.block[0], f4t.FP4Linear) and isinstance(m.block[2], f4t.FP4Linear)
     assert type(m.lm_head) is nn.Linear and type(m.embed) is nn.Embedding and type(m.norm) is nn.LayerNorm
-    m2 = f4t.convert(_Tiny(), "fp4-direct", skip=["block.2"])
+    m2 = f4t.convert_(_Tiny(), "fp4-direct", skip=["block.2"])
     assert isinstance(m2.block[0], f4t.FP4Linear) and type(m2.block[2]) is nn.Linear
     # Converting again switches the recipe of converted layers.
-    f4t.convert(m2, "wang2025")
+    f4t.convert_(m2, "wang2025")
     assert m2.block[0].recipe.name == "wang2025"
 
 
@@ -135,19 +135,19 @@ def test_convert_keeps_tied_head_and_shares_parameters():
     m = _Tiny()
     m.lm_head.weight = m.embed.weight
     w_before = m.block[0].weight
-    f4t.convert(m, "wang2025")
+    f4t.convert_(m, "wang2025")
     assert type(m.lm_head) is nn.Linear
     assert m.block[0].weight is w_before
 
 
 def test_convert_rejects_unknown_recipe():
     with pytest.raises(ValueError, match="unknown recipe"):
-        f4t.convert(_Tiny(), "fp3")
+        f4t.convert_(_Tiny(), "fp3")
 
 
 def test_convert_training_steps_reduce_loss():
     torch.manual_seed(4)
-    m = f4t.convert(_Tiny(), "wang2025")
+    m = f4t.convert_(_Tiny(), "wang2025")
     opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
     ids = torch.randint(0, 50, (8, 12))
     losses = []
@@ -224,7 +224,7 @@ def test_hf_llama_converts_and_trains():
                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
     torch.manual_seed(6)
     model = transformers.LlamaForCausalLM(cfg)
-    f4t.convert(model, "wang2025")
+    f4t.convert_(model, "wang2025")
     names = {n for n, m in model.named_modules() if isinstance(m, f4t.FP4Linear)}
     assert any(n.endswith("q_proj") for n in names) and any(n.endswith("down_proj") for n in names)
     assert type(model.lm_head) is nn.Linear

@@ -44,7 +44,7 @@ def test_own_model_roles_and_zhou_policy():
     assert roles["layers.0.self_attn.q_proj"] == "attention" and roles["layers.1.mlp.up_proj"] == "mlp"
     assert roles["lm_head"] == "lm_head"
     assert sorted(set(roles.values())) == ["attention", "lm_head", "mlp"]
-    f4t.convert(m, "zhou2025")
+    f4t.convert_(m, "zhou2025")
     got = recipes_by_name(m)
     for name, role in roles.items():
         assert got[name] == {"attention": "fp8", "mlp": "zhou2025", "lm_head": None}[role], name
@@ -54,14 +54,14 @@ def test_own_model_roles_and_zhou_policy():
 def test_reconvert_follows_the_new_policy_and_shares_parameters():
     m = own_model()
     params = {n: p for n, p in m.named_parameters()}
-    f4t.convert(m, "wang2025")
+    f4t.convert_(m, "wang2025")
     assert set(recipes_by_name(m).values()) == {"wang2025", None}
-    f4t.convert(m, "zhou2025")
+    f4t.convert_(m, "zhou2025")
     assert set(recipes_by_name(m).values()) == {"fp8", "zhou2025", None}
     # A policy that keeps attention in float32 turns converted layers back into nn.Linear.
     r = f4.Recipe.get("zhou2025").replace(name="zhou-mlp-only", roles=(("attention", None), ("lm_head", None),
                                                                        ("other", None)))
-    f4t.convert(m, r)
+    f4t.convert_(m, r)
     assert type(m.layers[0].self_attn.q_proj) is torch.nn.Linear
     assert isinstance(m.layers[0].mlp.gate_proj, f4t.FP4Linear)
     for n, p in m.named_parameters():
@@ -72,7 +72,7 @@ def test_each_gemm_uses_the_precision_its_role_gives_it():
     """Through autograd: q_proj (attention) computes its forward on e4m3 per-row operands,
     gate_proj (MLP) on e2m1 block(16) operands; both backward GEMMs on FP8 operands."""
     m = own_model(d=32)
-    f4t.convert(m, "zhou2025")
+    f4t.convert_(m, "zhou2025")
     for layer, fmt, gran in ((m.layers[0].self_attn.q_proj, "e4m3", "row"),
                              (m.layers[0].mlp.gate_proj, "e2m1", "block(16)")):
         rng = np.random.default_rng(3)
@@ -104,7 +104,7 @@ def test_hf_llama_roles():
     model = tr.LlamaForCausalLM(cfg).eval()
     x = torch.randint(0, 64, (2, 16))
     ref = model(x).logits
-    f4t.convert(model, "zhou2025")
+    f4t.convert_(model, "zhou2025")
     got = recipes_by_name(model)
     assert got["model.layers.0.self_attn.k_proj"] == "fp8" and got["model.layers.0.mlp.down_proj"] == "zhou2025"
     assert got["lm_head"] is None
@@ -125,9 +125,9 @@ def test_hf_gpt2_conv1d_layers():
     base = tr.GPT2LMHeadModel(cfg).eval()
     x = torch.randint(0, 64, (2, 16))
     ref = base(x).logits
-    same = f4t.convert(copy.deepcopy(base), "fp32")
+    same = f4t.convert_(copy.deepcopy(base), "fp32")
     assert torch.allclose(same(x).logits, ref, rtol=1e-5, atol=1e-6)
-    model = f4t.convert(copy.deepcopy(base), "zhou2025")
+    model = f4t.convert_(copy.deepcopy(base), "zhou2025")
     got = recipes_by_name(model)
     assert got == {"transformer.h.0.attn.c_attn": "fp8", "transformer.h.0.attn.c_proj": "fp8",
                    "transformer.h.0.mlp.c_fc": "zhou2025", "transformer.h.0.mlp.c_proj": "zhou2025", "lm_head": None}
@@ -137,7 +137,7 @@ def test_hf_gpt2_conv1d_layers():
     w = model.transformer.h[0].mlp.c_fc.weight
     assert w.grad is not None and w.grad.shape == w.shape == (32, 128)
     # Converting back to float32 restores Conv1D modules with the same parameters.
-    back = f4t.convert(model, f4.Recipe.get("fp32").replace(name="all-float", roles=tuple(
+    back = f4t.convert_(model, f4.Recipe.get("fp32").replace(name="all-float", roles=tuple(
         (r, None) for r in f4.ROLES)))
     assert type(back.transformer.h[0].attn.c_attn).__name__ == "Conv1D"
     assert back.transformer.h[0].mlp.c_fc.weight is w
@@ -151,7 +151,7 @@ def test_schedule_validation():
     m = own_model()
     with pytest.raises(ValueError, match="convert"):
         f4t.PrecisionSchedule(m, total_steps=10)
-    f4t.convert(m, "zhou2025")
+    f4t.convert_(m, "zhou2025")
     for bad in (-0.1, 1.5, float("nan"), "0.9", True):
         with pytest.raises(ValueError):
             f4t.PrecisionSchedule(m, total_steps=10, switch_at=bad)
@@ -165,7 +165,7 @@ def test_schedule_validation():
 @pytest.mark.parametrize("total,at,expected", [(200, 0.9, 180), (100, 0.29, 29), (7, 0.5, 4), (10, 0.0, 0),
                                                (10, 1.0, 10)])
 def test_schedule_switch_step(total, at, expected):
-    m = f4t.convert(own_model(), "zhou2025")
+    m = f4t.convert_(own_model(), "zhou2025")
     s = f4t.PrecisionSchedule(m, total_steps=total, switch_at=at)
     assert s.switch_step == expected
 
@@ -175,7 +175,7 @@ def test_schedule_switches_exactly_at_the_step_without_a_loss_spike():
     layer runs its recipe before step 20 and fp8 from step 20 on; the loss right after the
     switch stays within 10% of the loss just before it (bound), and keeps falling."""
     torch.manual_seed(0)
-    m = f4t.convert(build_model(ModelConfig(d_model=32, layers=2, heads=2, seq_len=32), 0), "zhou2025")
+    m = f4t.convert_(build_model(ModelConfig(d_model=32, layers=2, heads=2, seq_len=32), 0), "zhou2025")
     sched = f4t.PrecisionSchedule(m, total_steps=40, switch_at=0.5, target="fp8")
     text = np.frombuffer(b"the quick brown fox jumps over the lazy dog. " * 40, dtype=np.uint8)
     rng = np.random.default_rng(0)
@@ -204,7 +204,7 @@ def test_schedule_switches_exactly_at_the_step_without_a_loss_spike():
 
 
 def test_schedule_to_fp32_matches_the_plain_layer():
-    m = f4t.convert(own_model(), "zhou2025")
+    m = f4t.convert_(own_model(), "zhou2025")
     plain = own_model()
     sched = f4t.PrecisionSchedule(m, total_steps=10, switch_at=0.3, target="fp32")
     assert sched.step(3)

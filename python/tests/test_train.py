@@ -114,7 +114,7 @@ def test_model_is_causal():
 def test_convert_policy_on_the_model():
     f4t = pytest.importorskip("fp4swift.torch")
     m = build_model(ModelConfig(d_model=32, layers=2, heads=2, seq_len=16), seed=0)
-    f4t.convert(m, recipe="wang2025")
+    f4t.convert_(m, recipe="wang2025")
     conv = {n for n, mod in m.named_modules() if isinstance(mod, f4t.FP4Linear)}
     assert len(conv) == 2 * 7 and not any(n.endswith("lm_head") for n in conv)
     assert type(m.lm_head) is torch.nn.Linear
@@ -483,7 +483,7 @@ def test_convert_policy_on_the_gpt2_model():
     x = torch.randint(0, 256, (2, 32))
     with torch.no_grad():
         ref = m(x)
-    f4t.convert(m, recipe="wang2025")
+    f4t.convert_(m, recipe="wang2025")
     conv = {n for n, mod in m.named_modules() if isinstance(mod, f4t.FP4Linear)}
     assert conv == {f"transformer.h.{i}.{n}" for i in range(2)
                     for n in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")}

@@ -1,7 +1,8 @@
 """PyTorch integration: FP4 linear layers backed by the Swift kernels (CPU).
 
     import fp4swift.torch as f4t
-    model = f4t.convert(model, recipe="wang2025")     # swaps nn.Linear per the recipe's policy
+    f4t.convert_(model, recipe="wang2025")            # swaps nn.Linear per the recipe's policy, in place
+    fp4 = f4t.convert(model, "wang2025", inplace=False)  # ... or in a converted copy
     layer = f4t.FP4Linear(512, 2048, recipe="wang2025")
     schedule = f4t.PrecisionSchedule(model, total_steps=1000, switch_at=0.9, target="fp8")
 
@@ -28,7 +29,7 @@ from ..linear import LinearSaved, PreparedInput, linear_backward, linear_forward
 from ..recipe import Recipe
 from ..roles import LM_HEAD_NAMES, module_role
 
-__all__ = ["FP4Conv1D", "FP4Linear", "FP4LinearFunction", "PrecisionSchedule", "convert", "lm_head_names",
+__all__ = ["FP4Conv1D", "FP4Linear", "FP4LinearFunction", "PrecisionSchedule", "convert", "convert_", "lm_head_names",
            "linear_layers", "module_roles", "set_input_sharing"]
 
 RecipeLike = Union[str, Recipe]
@@ -253,9 +254,10 @@ def _as_float_module(module: nn.Module) -> nn.Module:
     return plain
 
 
-def convert(model: nn.Module, recipe: RecipeLike = "wang2025", skip: Optional[Iterable[str]] = None) -> nn.Module:
-    """Swaps the model's linear layers for fp4swift ones (in place) per the recipe's module
-    policy, and returns the model.
+def convert_(model: nn.Module, recipe: RecipeLike = "wang2025", skip: Optional[Iterable[str]] = None) -> nn.Module:
+    """Swaps the model's linear layers for fp4swift ones **in place** per the recipe's module
+    policy, and returns the same model (the trailing underscore marks the in-place form, as
+    torchao's `quantize_(model, config)` and torch's `Tensor.add_`).
 
     Each nn.Linear (or Hugging Face GPT-2 Conv1D) gets the recipe `recipe.for_role(role)` of
     its role (`module_roles`: attention, mlp, lm_head, other; a layer tied to an nn.Embedding
@@ -263,7 +265,8 @@ def convert(model: nn.Module, recipe: RecipeLike = "wang2025", skip: Optional[It
     projections the fp8 recipe, MLP linears its FP4 one and leaves the rest float32.
     Embeddings and norms are untouched. `skip` adds fnmatch patterns of qualified module names
     to leave alone. Layers already converted get their new recipe, or turn back into plain
-    torch modules where the policy says float32. Parameters are shared, not copied.
+    torch modules where the policy says float32. Parameters are shared, not copied, so an
+    optimizer built on the model before stays valid.
     """
     r = _recipe(recipe)
     patterns = list(skip or [])
@@ -292,6 +295,38 @@ def convert(model: nn.Module, recipe: RecipeLike = "wang2025", skip: Optional[It
     return model
 
 
+def convert(model: nn.Module, recipe: RecipeLike = "wang2025", skip: Optional[Iterable[str]] = None,
+            inplace: Optional[bool] = None) -> nn.Module:
+    """The model with its linear layers swapped for fp4swift ones per the recipe's module policy
+    (see `convert_` for the policy and `skip`).
+
+    inplace=False: converts and returns a deep copy; `model` is left as it was (the convention
+    of `torch.ao.quantization.convert`), so ``fp4 = convert(fp32_model, "wang2025",
+    inplace=False)`` keeps both. inplace=True: converts `model` itself and returns it (the same
+    as `convert_(model, recipe)`).
+
+    Not given (the old call ``convert(model, recipe)``): converts in place, as earlier versions
+    did, and emits a FutureWarning, because ``fp4 = convert(fp32_model)`` looks like it copies
+    but also converts the fp32 model. A future version will copy by default; say which you mean
+    with `inplace=` or call `convert_`.
+    """
+    if inplace is None:
+        import warnings
+
+        warnings.warn("fp4swift.torch.convert(model, recipe) converts the model in place and returns it; a future "
+                      "version will return a converted copy. Use convert_(model, recipe) to convert in place or "
+                      "convert(model, recipe, inplace=False) for a copy.", FutureWarning, stacklevel=2)
+        inplace = True
+    if not isinstance(inplace, bool):
+        raise TypeError(f"inplace must be True or False, got {inplace!r}")
+    if not inplace:
+        import copy
+
+        _recipe(recipe)  # a bad recipe fails before the copy is made
+        model = copy.deepcopy(model)
+    return convert_(model, recipe, skip)
+
+
 class PrecisionSchedule:
     """Target-precision training schedule (Zhou et al., numerics.md §7): the converted layers train
     under their recipes until step `switch_step`, then every one switches to `target` (default
@@ -317,7 +352,7 @@ class PrecisionSchedule:
         self.switch_step = int(round(switch_at * total_steps))
         self.layers = [m for _, m in linear_layers(model) if isinstance(m, (FP4Linear, FP4Conv1D))]
         if not self.layers:
-            raise ValueError("the model has no converted layers to switch: call fp4swift.torch.convert first")
+            raise ValueError("the model has no converted layers to switch: call fp4swift.torch.convert_ first")
         self.switched = False
 
     def step(self, step: int) -> bool:

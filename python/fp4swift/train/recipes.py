@@ -138,7 +138,7 @@ def prepare_model(base: nn.Module, recipe: str) -> nn.Module:
     if r is not None:
         import fp4swift.torch as f4t
 
-        f4t.convert(model, recipe=r)
+        f4t.convert_(model, recipe=r)
     return model
 
 
@@ -149,5 +149,5 @@ def converted_linear_names(model: nn.Module, recipe: str = "wang2025") -> List[s
     except ImportError:
         # the documented default policy: every nn.Linear except the LM head
         return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not n.endswith("lm_head")]
-    probe = f4t.convert(copy.deepcopy(model), recipe=recipe)
+    probe = f4t.convert(model, recipe=recipe, inplace=False)
     return [n for n, m in probe.named_modules() if isinstance(m, f4t.FP4Linear)]
