@@ -56,7 +56,7 @@ public func fp4swift_quartet_forward(_ x: UnsafePointer<Float>?, _ tokens: Int64
                                      _ y: UnsafeMutablePointer<Float>?,
                                      _ xCodes: UnsafeMutablePointer<UInt8>?, _ xCodesLen: Int64,
                                      _ xScales: UnsafeMutablePointer<Float>?, _ xScalesLen: Int64,
-                                     _ xMask: UnsafeMutablePointer<UInt8>?, _ xMaskLen: Int64) -> Int32 {
+                                     _ xMask: UnsafeMutablePointer<UInt8>?, _ xMaskLen: Int64, _ gemm: Int32) -> Int32 {
     guarded {
         let nx = try elementCount(tokens, inFeatures), nw = try elementCount(outFeatures, inFeatures)
         let ny = try elementCount(tokens, outFeatures)
@@ -68,7 +68,7 @@ public func fp4swift_quartet_forward(_ x: UnsafePointer<Float>?, _ tokens: Int64
         try QuartetLinear.forward(x: nx > 0 ? try required(x, "x") : dummy, tokens: Int(tokens), inFeatures: Int(inFeatures),
                                   w: nw > 0 ? try required(w, "w") : dummy, outFeatures: Int(outFeatures), bias: bias,
                                   y: ny > 0 ? try required(y, "y") : UnsafeMutablePointer(bitPattern: 16)!,
-                                  xCodes: codes, xScales: scales, xMask: mask)
+                                  xCodes: codes, xScales: scales, xMask: mask, gemm: try gemmMode(gemm))
     }
 }
 
@@ -80,7 +80,7 @@ public func fp4swift_quartet_backward(_ dy: UnsafePointer<Float>?, _ tokens: Int
                                       _ xMask: UnsafePointer<UInt8>?, _ xMaskLen: Int64,
                                       _ seed: UInt64, _ call: UInt64,
                                       _ dx: UnsafeMutablePointer<Float>?, _ dw: UnsafeMutablePointer<Float>?,
-                                      _ db: UnsafeMutablePointer<Float>?) -> Int32 {
+                                      _ db: UnsafeMutablePointer<Float>?, _ gemm: Int32) -> Int32 {
     guarded {
         let ndy = try elementCount(tokens, outFeatures), nw = try elementCount(outFeatures, inFeatures)
         _ = try elementCount(tokens, inFeatures)
@@ -92,6 +92,6 @@ public func fp4swift_quartet_backward(_ dy: UnsafePointer<Float>?, _ tokens: Int
         try QuartetLinear.backward(dy: ndy > 0 ? try required(dy, "dy") : dummy, tokens: Int(tokens), outFeatures: Int(outFeatures),
                                    w: nw > 0 ? try required(w, "w") : dummy, inFeatures: Int(inFeatures),
                                    xCodes: codes, xScales: scales, xMask: mask, seed: seed, call: call,
-                                   dx: dx, dw: dw, db: db)
+                                   dx: dx, dw: dw, db: db, gemm: try gemmMode(gemm))
     }
 }

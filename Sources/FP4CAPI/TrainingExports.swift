@@ -134,9 +134,17 @@ func linearRecipe(_ rp: UnsafePointer<fp4swift_linear_recipe>?) throws -> Linear
         dge: r.dge != 0 ? DGEConfig(k: r.dge_k, clamp: r.dge_clamp) : nil,
         wgradHadamard: r.wgrad_hadamard != 0 ? WgradHadamard(block: Int(r.wgrad_hadamard), seed: r.wgrad_hadamard_seed) : nil,
         backwardWeight: try backwardOperand(r.backward_weight_mode, r.backward_weight, "backward_weight_mode"),
-        backwardInput: try backwardOperand(r.backward_input_mode, r.backward_input, "backward_input_mode"))
+        backwardInput: try backwardOperand(r.backward_input_mode, r.backward_input, "backward_input_mode"),
+        gemm: try gemmMode(r.gemm))
     try recipe.validate()
     return recipe
+}
+
+func gemmMode(_ mode: Int32) throws -> GEMMMode {
+    guard let m = GEMMMode(rawValue: Int(mode)) else {
+        throw invalid("gemm must be \(FP4SWIFT_GEMM_SIMULATED) (simulated) or \(FP4SWIFT_GEMM_PACKED) (packed), got \(mode)")
+    }
+    return m
 }
 
 func backwardOperand(_ mode: Int32, _ q: fp4swift_quantizer, _ name: String) throws -> BackwardOperand {

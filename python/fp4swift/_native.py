@@ -93,6 +93,7 @@ class LinearRecipe(ctypes.Structure):
         ("backward_weight", Quantizer),
         ("backward_input_mode", c_int32),
         ("backward_input", Quantizer),
+        ("gemm", c_int32),
     ]
 
 
@@ -100,6 +101,10 @@ class LinearRecipe(ctypes.Structure):
 BACKWARD_FORWARD = 0
 BACKWARD_FLOAT32 = 1
 BACKWARD_QUANTIZE = 2
+
+# Where a layer's GEMMs run (fp4swift_linear_recipe.gemm, the quartet calls' gemm argument).
+GEMM_SIMULATED = 0
+GEMM_PACKED = 1
 
 
 class LinearSaved(ctypes.Structure):
@@ -245,15 +250,15 @@ SIGNATURES = {
     "fp4swift_quartet_saved_sizes": (c_int32, [c_int64, c_int64, i64p, i64p, i64p]),
     # int32_t fp4swift_quartet_forward(const float *x, int64_t tokens, int64_t in_features, const float *w,
     #     int64_t out_features, const float *bias, float *y, uint8_t *x_codes, int64_t x_codes_len,
-    #     float *x_scales, int64_t x_scales_len, uint8_t *x_mask, int64_t x_mask_len);
+    #     float *x_scales, int64_t x_scales_len, uint8_t *x_mask, int64_t x_mask_len, int32_t gemm);
     "fp4swift_quartet_forward": (c_int32, [f32p, c_int64, c_int64, f32p, c_int64, f32p, f32p,
-                                           u8p, c_int64, f32p, c_int64, u8p, c_int64]),
+                                           u8p, c_int64, f32p, c_int64, u8p, c_int64, c_int32]),
     # int32_t fp4swift_quartet_backward(const float *dy, int64_t tokens, int64_t out_features, const float *w,
     #     int64_t in_features, const uint8_t *x_codes, int64_t x_codes_len, const float *x_scales,
     #     int64_t x_scales_len, const uint8_t *x_mask, int64_t x_mask_len, uint64_t seed, uint64_t call,
-    #     float *dx, float *dw, float *db);
+    #     float *dx, float *dw, float *db, int32_t gemm);
     "fp4swift_quartet_backward": (c_int32, [f32p, c_int64, c_int64, f32p, c_int64, u8p, c_int64, f32p, c_int64,
-                                            u8p, c_int64, c_uint64, c_uint64, f32p, f32p, f32p]),
+                                            u8p, c_int64, c_uint64, c_uint64, f32p, f32p, f32p, c_int32]),
     # int32_t fp4swift_gemm(const fp4swift_gemm_operand *a, const fp4swift_gemm_operand *b, int32_t path,
     #     float *c, int64_t c_len);
     "fp4swift_gemm": (c_int32, [POINTER(GemmOperand), POINTER(GemmOperand), c_int32, f32p, c_int64]),

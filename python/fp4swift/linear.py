@@ -11,7 +11,7 @@ import numpy as np
 from . import _native
 from ._arrays import as_float32, as_matrix_shape, cptr, farg, fptr
 from .outliers import CSR
-from .recipe import Recipe, _recipe_c
+from .recipe import Recipe, _recipe_c, gemm_mode
 
 
 # Call counter of the backward's randomness (quartet's signs and draws, stochastic rounding of dY):
@@ -245,7 +245,7 @@ def linear_forward(x: Any, w: Any, b: Any = None, recipe: Any = "wang2025",
         _native.check(_native.lib.fp4swift_quartet_forward(
             fptr(xa), T, K, fptr(wa), N, fptr(ba) if ba is not None else None, fptr(y),
             qs.x_codes.ctypes.data_as(_native.u8p), qs.x_codes.size, fptr(qs.x_scales), qs.x_scales.size,
-            qs.x_mask.ctypes.data_as(_native.u8p), qs.x_mask.size))
+            qs.x_mask.ctypes.data_as(_native.u8p), qs.x_mask.size, gemm_mode(r)))
         return y, qs
     saved = LinearSaved(r, xa.shape, T, K, N, wa, ba is not None)
     if r.saved_input is None:
@@ -319,7 +319,7 @@ def linear_backward(dy: Any, saved: LinearSaved, retain: bool = False, compute_d
             fptr(g), T, N, fptr(saved.w), K, saved.x_codes.ctypes.data_as(_native.u8p), saved.x_codes.size,
             fptr(saved.x_scales), saved.x_scales.size, saved.x_mask.ctypes.data_as(_native.u8p), saved.x_mask.size,
             int(saved.recipe.seed), int(saved.call), fptr(dx) if dx is not None else None,
-            fptr(dw) if dw is not None else None, fptr(db) if db is not None else None))
+            fptr(dw) if dw is not None else None, fptr(db) if db is not None else None, gemm_mode(saved.recipe)))
         if not retain:
             saved.release()
         return dx, dw, db

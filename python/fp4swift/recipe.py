@@ -36,6 +36,10 @@ class Recipe:
     weight-gradient GEMM (dW = dYᵀ·X_b): "forward" (the forward's W_q / X_q, the default), None
     (float32) or their own QuantizerSpec (e.g. FP8 backward GEMMs under an FP4 forward, numerics.md §7).
     The forward saves the codes of X_b.
+    gemm: where the GEMMs run (numerics.md §11): "packed" (default: every GEMM whose two
+    operands are FP4 codes with scales constant along its reduction dimension runs on the codes
+    with integer SIMD, the others as below) or "simulated" (sgemm on the fake-quantized float32
+    operands). Both compute the same quantized operands; they differ by float32 rounding.
     roles: the module policy of `fp4swift.torch.convert`, as (role, recipe name or None) pairs:
     roles not listed (of "attention", "mlp", "lm_head", "other"; see `module_role`) get this
     recipe, None keeps the module in float32. Default: the LM head stays float32.
@@ -59,6 +63,7 @@ class Recipe:
     backward_weight: Union[str, QuantizerSpec, None] = "forward"
     backward_input: Union[str, QuantizerSpec, None] = "forward"
     roles: Tuple[Tuple[str, Optional[str]], ...] = (("lm_head", None),)
+    gemm: str = "packed"
 
     @staticmethod
     def get(name: str) -> "Recipe":
@@ -130,6 +135,7 @@ class Recipe:
 
     def _validate(self) -> None:
         check_choice(self.kind, RECIPE_KINDS, "recipe kind")
+        check_choice(self.gemm, list(GEMM_MODES), "gemm mode")
         check_field_types(self)
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or not 0 <= int(self.seed) < 2**64:
             raise ValueError(f"seed must be an int in [0, 2**64), got {self.seed!r}")
@@ -176,10 +182,18 @@ class Recipe:
         return _native.LinearRecipe(qi, ci, qw, cw, qg, cg, int(self.occ), int(self.occ_per == "row"),
                                     int(self.compensate), float(self.alpha), int(self.dge), float(self.k), float(self.clamp),
                                     int(self.wgrad_hadamard), int(self.seed),
-                                    *backward(self.backward_weight), *backward(self.backward_input))
+                                    *backward(self.backward_weight), *backward(self.backward_input),
+                                    GEMM_MODES[self.gemm])
 
 
 RECIPE_KINDS = ["linear", "quartet"]
+#: Recipe.gemm values and their C constants.
+GEMM_MODES = {"packed": _native.GEMM_PACKED, "simulated": _native.GEMM_SIMULATED}
+
+
+def gemm_mode(recipe: Recipe) -> int:
+    """The C constant of a recipe's `gemm` field."""
+    return GEMM_MODES[recipe.gemm]
 _RECIPE_CACHES = ("_valid", "_c")
 
 

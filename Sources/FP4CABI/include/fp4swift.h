@@ -164,7 +164,14 @@ typedef struct fp4swift_linear_recipe {
     fp4swift_quantizer backward_weight;
     int32_t backward_input_mode;
     fp4swift_quantizer backward_input;
+    int32_t gemm;              /* FP4SWIFT_GEMM_*: where the GEMMs run (§11) */
 } fp4swift_linear_recipe;
+
+/* Where a layer's GEMMs run. PACKED: every GEMM whose two operands are FP4 codes with scales
+ * constant along its reduction dimension runs on the codes (§11), the others as SIMULATED;
+ * SIMULATED: sgemm on the fake-quantized float32 operands (the results of ABI 5). */
+#define FP4SWIFT_GEMM_SIMULATED 0
+#define FP4SWIFT_GEMM_PACKED 1
 
 #define FP4SWIFT_BACKWARD_FORWARD 0   /* the forward's W_q / X_q */
 #define FP4SWIFT_BACKWARD_FLOAT32 1   /* W / X in float32 (X: pass x to the backward) */
@@ -214,18 +221,19 @@ int32_t fp4swift_linear_backward(const float *dy, int64_t tokens, int64_t out_fe
  * blockwise (Hadamard, 32) and quantizes them with QuEST; the caller-owned saved state is X_q as
  * packed e2m1 codes, its float scales and the clip mask m_x (1 bit per element, LSB first).
  * Backward draws its random signs and stochastic-rounding seeds from (seed, call): pass a fresh
- * call counter per backward. T and N need not be multiples of 32 (zero padding). dx, dw, db may be NULL. */
+ * call counter per backward. T and N need not be multiples of 32 (zero padding). dx, dw, db may be NULL.
+ * gemm: FP4SWIFT_GEMM_PACKED (the GEMMs on codes, §11) or FP4SWIFT_GEMM_SIMULATED. */
 int32_t fp4swift_quartet_saved_sizes(int64_t tokens, int64_t in_features, int64_t *x_codes_len,
                                      int64_t *x_scales_len, int64_t *x_mask_len);
 int32_t fp4swift_quartet_forward(const float *x, int64_t tokens, int64_t in_features,
                                  const float *w, int64_t out_features, const float *bias, float *y,
                                  uint8_t *x_codes, int64_t x_codes_len, float *x_scales, int64_t x_scales_len,
-                                 uint8_t *x_mask, int64_t x_mask_len);
+                                 uint8_t *x_mask, int64_t x_mask_len, int32_t gemm);
 int32_t fp4swift_quartet_backward(const float *dy, int64_t tokens, int64_t out_features,
                                   const float *w, int64_t in_features,
                                   const uint8_t *x_codes, int64_t x_codes_len, const float *x_scales,
                                   int64_t x_scales_len, const uint8_t *x_mask, int64_t x_mask_len,
-                                  uint64_t seed, uint64_t call, float *dx, float *dw, float *db);
+                                  uint64_t seed, uint64_t call, float *dx, float *dw, float *db, int32_t gemm);
 
 /* GEMM on packed FP4 codes (§11): C = A·B^T with exact integer dot products inside each scale
  * group and float32 across groups, in ascending order along K. */

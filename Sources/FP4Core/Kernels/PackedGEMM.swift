@@ -81,6 +81,17 @@ typealias GEMMTileFunction = (
     _ post: Float, _ div: Float, _ c: UnsafeMutablePointer<Float>, _ ldc: Int64, _ mr: Int64, _ nr: Int64
 ) -> Void
 
+/// Where a layer's GEMMs run (numerics.md §11).
+public enum GEMMMode: Int, Sendable, CaseIterable {
+    /// sgemm on fake-quantized float32 operands.
+    case simulated = 0
+    /// On packed codes wherever both operands are FP4 with scales constant along the
+    /// reduction dimension; the other GEMMs as `simulated`.
+    case packed = 1
+
+    public var name: String { self == .packed ? "packed" : "simulated" }
+}
+
 /// Instruction-set paths of the packed GEMM, in the order of the C FP4SWIFT_GEMM_PATH_* constants.
 public enum GEMMPath: Int, CaseIterable, Sendable {
     case generic = 0

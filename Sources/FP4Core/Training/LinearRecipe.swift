@@ -73,10 +73,13 @@ public struct LinearRecipe: Sendable {
     public var backwardWeight: BackwardOperand
     /// X in the weight-gradient GEMM; what the forward saves (codes of this quantizer).
     public var backwardInput: BackwardOperand
+    /// Where the GEMMs run: on packed codes where the operands allow it, or simulated.
+    public var gemm: GEMMMode
 
     public init(input: Quantizer? = nil, weight: Quantizer? = nil, gradient: Quantizer? = nil,
                 occ: OCCConfig? = nil, dge: DGEConfig? = nil, wgradHadamard: WgradHadamard? = nil,
-                backwardWeight: BackwardOperand = .forward, backwardInput: BackwardOperand = .forward) {
+                backwardWeight: BackwardOperand = .forward, backwardInput: BackwardOperand = .forward,
+                gemm: GEMMMode = .packed) {
         self.input = input
         self.weight = weight
         self.gradient = gradient
@@ -85,6 +88,7 @@ public struct LinearRecipe: Sendable {
         self.wgradHadamard = wgradHadamard
         self.backwardWeight = backwardWeight
         self.backwardInput = backwardInput
+        self.gemm = gemm
     }
 
     /// The quantizer of W in the input-gradient GEMM (nil: float32).

@@ -70,7 +70,7 @@ public enum QuartetLinear {
                                w: UnsafePointer<Float>, outFeatures N: Int, bias: UnsafePointer<Float>?,
                                y: UnsafeMutablePointer<Float>,
                                xCodes: UnsafeMutablePointer<UInt8>, xScales: UnsafeMutablePointer<Float>,
-                               xMask: UnsafeMutablePointer<UInt8>) throws {
+                               xMask: UnsafeMutablePointer<UInt8>, gemm: GEMMMode = .simulated) throws {
         try check(T, K, N)
         // X·H → X_q (codes + scales + dequantized operand) and m_x.
         let xq = Scratch(T * K)
@@ -130,7 +130,7 @@ public enum QuartetLinear {
                                 xCodes: UnsafePointer<UInt8>, xScales: UnsafePointer<Float>, xMask: UnsafePointer<UInt8>,
                                 seed: UInt64, call: UInt64,
                                 dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutablePointer<Float>?,
-                                db: UnsafeMutablePointer<Float>?) throws {
+                                db: UnsafeMutablePointer<Float>?, gemm: GEMMMode = .simulated) throws {
         try check(T, K, N)
         if dx != nil || dw != nil {
             let d = signs(seed: seed, call: call)
