@@ -150,9 +150,38 @@ def _back(a: Optional[np.ndarray], need: bool, dtype: Optional[torch.dtype]) -> 
     return t if dtype == torch.float32 else t.to(dtype)
 
 
-class FP4Linear(nn.Linear):
+class _HasRecipe:
+    """The `recipe` attribute of the converted layers: setting it (a name or a Recipe) validates
+    it and records the custom ops' key of it (`ops.recipe_key`), which the compiled path reads."""
+
+    @property
+    def recipe(self) -> Recipe:
+        d = self.__dict__
+        if "_fp4_recipe" not in d and "recipe" in d:  # a layer pickled before this property existed
+            self.recipe = d.pop("recipe")
+        return d["_fp4_recipe"]
+
+    @recipe.setter
+    def recipe(self, value: RecipeLike) -> None:
+        r = _recipe(value)
+        self.__dict__["_fp4_recipe"] = r
+        self.__dict__["_fp4_key"] = recipe_key(r)
+
+    def _fp4(self, input: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            # torch.compile: the custom op (no graph break; no shared input quantization)
+            return fp4_linear(input, weight, self.bias, self._fp4_key)  # type: ignore[attr-defined]
+        return FP4LinearFunction.apply(input, weight, self.bias, self.recipe)  # type: ignore[attr-defined]
+
+
+class FP4Linear(_HasRecipe, nn.Linear):
     """nn.Linear computed by fp4swift under a recipe. Its parameters and state_dict are
-    nn.Linear's (weight [out, in], bias [out]), so checkpoints load either way."""
+    nn.Linear's (weight [out, in], bias [out]), so checkpoints load either way.
+
+    Eager calls go through `FP4LinearFunction` (with shared input quantization); under
+    `torch.compile` the layer calls the custom op `torch.ops.fp4swift.linear` (see
+    fp4swift.torch.ops), which the compiler traces without a graph break. Both give the same
+    numbers bit for bit."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, recipe: RecipeLike = "wang2025",
                  device: Any = None, dtype: Any = None) -> None:
@@ -176,7 +205,7 @@ class FP4Linear(nn.Linear):
         self.recipe = _recipe(recipe)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return FP4LinearFunction.apply(input, self.weight, self.bias, self.recipe)
+        return self._fp4(input, self.weight)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, recipe={self.recipe.name}"
@@ -188,7 +217,7 @@ def _is_conv1d(m: nn.Module) -> bool:
         and m.weight.dim() == 2
 
 
-class FP4Conv1D(nn.Module):
+class FP4Conv1D(_HasRecipe, nn.Module):
     """Hugging Face's `Conv1D` (GPT-2's weight [in, out] layout) computed by fp4swift under a
     recipe: y = x·W + b = x·(Wᵀ)ᵀ + b, the same layer as FP4Linear on the transposed weight.
     It shares the original module's parameter objects."""
@@ -206,7 +235,7 @@ class FP4Conv1D(nn.Module):
         self.recipe = _recipe(recipe)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return FP4LinearFunction.apply(input, self.weight.t(), self.bias, self.recipe)
+        return self._fp4(input, self.weight.t())
 
     def extra_repr(self) -> str:
         return f"nx={self.weight.shape[0]}, nf={self.nf}, recipe={self.recipe.name}"
@@ -364,3 +393,6 @@ class PrecisionSchedule:
             m.set_recipe(self.target)
         self.switched = True
         return True
+
+
+from .ops import fp4_linear, recipe_key  # noqa: E402  (ops uses the helpers above)
