@@ -213,7 +213,9 @@ public func fp4swift_linear_prepare_input(_ x: UnsafePointer<Float>?, _ T: Int64
         let savedPointer = try required(sp, "saved")
         var saved = try linearSavedToFill(savedPointer)
         guard T > 0 else { return }
-        if recipe.input != nil, operand == nil { throw invalid("x_operand is NULL but the recipe quantizes X") }
+        if recipe.input != nil, operand == nil, !LinearLayer.forwardRunsOnCodes(recipe: recipe, inFeatures: Int(K)) {
+            throw invalid("x_operand is NULL but the recipe quantizes X and its forward GEMM is not on codes")
+        }
         try LinearLayer.prepareInput(x: try required(x, "x"), tokens: Int(T), inFeatures: Int(K), recipe: recipe,
                                      operand: operand, saved: &saved)
         savedPointer.pointee.x_tensor_scale = saved.xTensorScale
@@ -224,14 +226,51 @@ public func fp4swift_linear_prepare_input(_ x: UnsafePointer<Float>?, _ T: Int64
 @_cdecl("fp4swift_linear_forward_prepared")
 public func fp4swift_linear_forward_prepared(_ operand: UnsafePointer<Float>?, _ T: Int64, _ K: Int64, _ w: UnsafePointer<Float>?,
                                              _ N: Int64, _ bias: UnsafePointer<Float>?,
-                                             _ rp: UnsafePointer<fp4swift_linear_recipe>?, _ y: UnsafeMutablePointer<Float>?) -> Int32 {
+                                             _ rp: UnsafePointer<fp4swift_linear_recipe>?, _ y: UnsafeMutablePointer<Float>?,
+                                             _ sp: UnsafePointer<fp4swift_linear_saved>?) -> Int32 {
     guarded {
         try checkLinearShapes(T, K, N)
         let recipe = try linearRecipe(rp)
         guard T > 0, N > 0 else { return }
-        try LinearLayer.forwardPrepared(operand: try required(operand, "x_operand"), tokens: Int(T), inFeatures: Int(K),
-                                        w: try required(w, "w"), outFeatures: Int(N), bias: bias, recipe: recipe,
-                                        y: try required(y, "y"))
+        var saved: LinearSaved?
+        if LinearLayer.forwardRunsOnCodes(recipe: recipe, inFeatures: Int(K)) {
+            // The GEMM reads X_q (and the residual) from the prepared state: check it fits these shapes.
+            let s = try linearSaved(try required(sp, "saved"))
+            try checkSavedForShapes(s, tokens: T, inFeatures: K, recipe: recipe)
+            saved = s
+        }
+        try LinearLayer.forwardPrepared(operand: saved == nil ? try required(operand, "x_operand") : operand, tokens: Int(T),
+                                        inFeatures: Int(K), w: try required(w, "w"), outFeatures: Int(N), bias: bias,
+                                        recipe: recipe, y: try required(y, "y"), saved: saved)
+    }
+}
+
+@_cdecl("fp4swift_linear_forward_on_codes")
+public func fp4swift_linear_forward_on_codes(_ K: Int64, _ rp: UnsafePointer<fp4swift_linear_recipe>?,
+                                             _ onCodes: UnsafeMutablePointer<Int32>?) -> Int32 {
+    guarded {
+        try checkLinearShapes(0, K, 0)
+        let recipe = try linearRecipe(rp)
+        try required(onCodes, "on_codes").pointee = LinearLayer.forwardRunsOnCodes(recipe: recipe, inFeatures: Int(K)) ? 1 : 0
+    }
+}
+
+/// A saved state a call reads: its buffers hold what `savedSizes` reports for these shapes,
+/// and its residual is a consistent CSR.
+func checkSavedForShapes(_ saved: LinearSaved, tokens T: Int64, inFeatures K: Int64, recipe: LinearRecipe) throws {
+    let sizes = try LinearLayer.savedSizes(tokens: Int(T), inFeatures: Int(K), recipe: recipe)
+    guard saved.xCodesCount >= sizes.xCodes, saved.xScalesCount >= sizes.xScales else {
+        throw FP4Error(.invalidState, "the saved state does not match these shapes and recipe")
+    }
+    if sizes.xCodes > 0 && saved.xCodes == nil || sizes.xScales > 0 && saved.xScales == nil {
+        throw FP4Error(.invalidState, "the saved state's code or scale buffer is NULL")
+    }
+    if saved.residualNNZ > 0 {
+        guard saved.residualNNZ <= saved.residualCapacity, let ip = saved.residualIndptr, let ix = saved.residualIndices,
+              saved.residualValues != nil else {
+            throw FP4Error(.invalidState, "the saved residual is inconsistent")
+        }
+        try checkCSR(ip, ix, nnz: saved.residualNNZ, rows: Int(T), cols: Int(K))
     }
 }
 
@@ -244,17 +283,7 @@ public func fp4swift_linear_backward(_ dy: UnsafePointer<Float>?, _ T: Int64, _ 
         try checkLinearShapes(T, K, N)
         let recipe = try linearRecipe(rp)
         let saved = try linearSaved(sp)
-        let sizes = try LinearLayer.savedSizes(tokens: Int(T), inFeatures: Int(K), recipe: recipe)
-        guard saved.xCodesCount >= sizes.xCodes, saved.xScalesCount >= sizes.xScales else {
-            throw FP4Error(.invalidState, "the saved state does not match these shapes and recipe")
-        }
-        if saved.residualNNZ > 0 {
-            guard saved.residualNNZ <= saved.residualCapacity, let ip = saved.residualIndptr, let ix = saved.residualIndices,
-                  saved.residualValues != nil else {
-                throw FP4Error(.invalidState, "the saved residual is inconsistent")
-            }
-            try checkCSR(ip, ix, nnz: saved.residualNNZ, rows: Int(T), cols: Int(K))
-        }
+        try checkSavedForShapes(saved, tokens: T, inFeatures: K, recipe: recipe)
         // Empty shapes: every gradient is zero (or empty).
         if T == 0 || N == 0 || K == 0 {
             if let dx { for i in 0..<Int(T * K) { dx[i] = 0 } }

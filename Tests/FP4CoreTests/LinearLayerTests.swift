@@ -352,7 +352,8 @@ private func runLinear(x: [Float], T: Int, K: Int, w: [Float], N: Int, bias: [Fl
                                                      operand: operand, saved: &saved)
                         try LinearLayer.forwardPrepared(operand: recipe.input == nil ? xp.baseAddress! : UnsafePointer(operand),
                                                         tokens: T, inFeatures: K, w: wp.baseAddress!, outFeatures: N,
-                                                        bias: bias == nil ? nil : bp.baseAddress!, recipe: recipe, y: yp.baseAddress!)
+                                                        bias: bias == nil ? nil : bp.baseAddress!, recipe: recipe, y: yp.baseAddress!,
+                                                        saved: saved)
                     } else {
                         try LinearLayer.forward(x: xp.baseAddress!, tokens: T, inFeatures: K, w: wp.baseAddress!, outFeatures: N,
                                                 bias: bias == nil ? nil : bp.baseAddress!, recipe: recipe,

@@ -239,8 +239,12 @@ SIGNATURES = {
     "fp4swift_linear_prepare_input": (c_int32, [f32p, c_int64, c_int64, RecipeP, f32p, SavedP]),
     # int32_t fp4swift_linear_forward_prepared(const float *x_operand, int64_t tokens, int64_t in_features,
     #     const float *w, int64_t out_features, const float *bias, const fp4swift_linear_recipe *recipe,
-    #     float *y);
-    "fp4swift_linear_forward_prepared": (c_int32, [f32p, c_int64, c_int64, f32p, c_int64, f32p, RecipeP, f32p]),
+    #     float *y, const fp4swift_linear_saved *saved);
+    "fp4swift_linear_forward_prepared": (c_int32, [f32p, c_int64, c_int64, f32p, c_int64, f32p, RecipeP, f32p,
+                                                   SavedP]),
+    # int32_t fp4swift_linear_forward_on_codes(int64_t in_features, const fp4swift_linear_recipe *recipe,
+    #     int32_t *on_codes);
+    "fp4swift_linear_forward_on_codes": (c_int32, [c_int64, RecipeP, i32p]),
     # int32_t fp4swift_linear_backward(const float *dy, int64_t tokens, int64_t out_features, const float *x,
     #     const float *w, int64_t in_features, const fp4swift_linear_recipe *recipe,
     #     const fp4swift_linear_saved *saved, float *dx, float *dw, float *db);

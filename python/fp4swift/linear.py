@@ -168,7 +168,7 @@ class PreparedInput:
 
     __slots__ = ("recipe", "x", "state", "operand")
 
-    def __init__(self, recipe: Recipe, x: np.ndarray, state: LinearSaved, operand: np.ndarray) -> None:
+    def __init__(self, recipe: Recipe, x: np.ndarray, state: LinearSaved, operand: Optional[np.ndarray]) -> None:
         self.recipe, self.x, self.state, self.operand = recipe, x, state, operand
 
     @property
@@ -201,8 +201,11 @@ def prepare_input(x: Any, recipe: Any = "wang2025", operand: Optional[np.ndarray
     state = LinearSaved(r, xa.shape, T, K, 0, None, False)  # type: ignore[arg-type]
     if r.saved_input is None:
         state.x = xa
+    rc = _recipe_c(r)
     if r.input is None:
         op = xa
+    elif rc.forward_on_codes(K):
+        op = None  # the forward GEMM reads X_q's codes from the saved state
     else:
         if operand is None:
             op = np.empty((T, K), dtype=np.float32)
@@ -213,8 +216,8 @@ def prepare_input(x: Any, recipe: Any = "wang2025", operand: Optional[np.ndarray
             if np.shares_memory(operand, xa):
                 raise ValueError("operand must not overlap x")
             op = operand.reshape(T, K)
-    status = _native.lib.fp4swift_linear_prepare_input(farg(xa), T, K, _recipe_c(r).ref,
-                                                       farg(op) if r.input is not None else None,
+    status = _native.lib.fp4swift_linear_prepare_input(farg(xa), T, K, rc.ref,
+                                                       farg(op) if r.input is not None and op is not None else None,
                                                        ctypes.byref(state.struct))
     if status:
         _native.check(status)
@@ -287,8 +290,9 @@ def _forward_prepared(x: Any, w: Any, b: Any, r: Recipe, p: PreparedInput) -> Tu
     wa, ba = _weight_and_bias(w, b, K)
     N = wa.shape[0]
     y = np.empty(p.x.shape[:-1] + (N,), dtype=np.float32)
-    status = _native.lib.fp4swift_linear_forward_prepared(farg(p.operand), T, K, farg(wa), N,
-                                                          farg(ba) if ba is not None else None, _recipe_c(r).ref, farg(y))
+    status = _native.lib.fp4swift_linear_forward_prepared(farg(p.operand) if p.operand is not None else None, T, K,
+                                                          farg(wa), N, farg(ba) if ba is not None else None,
+                                                          _recipe_c(r).ref, farg(y), ctypes.byref(p.state.struct))
     if status:
         _native.check(status)
     return y, LinearSaved._sharing(p, N, wa, ba is not None)

@@ -202,7 +202,7 @@ class _RecipeC:
     shared read-only by every call; plus what each call needs from it and the saved-state sizes
     per (tokens, in_features) the library computed for it."""
 
-    __slots__ = ("struct", "ref", "grad_seed", "grad_stochastic", "sizes")
+    __slots__ = ("struct", "ref", "grad_seed", "grad_stochastic", "sizes", "on_codes")
 
     def __init__(self, recipe: Recipe) -> None:
         self.struct = recipe.to_c()
@@ -211,6 +211,16 @@ class _RecipeC:
         self.grad_seed = int(g.seed) if g is not None else 0
         self.grad_stochastic = g is not None and g.rounding == "stochastic"
         self.sizes: Dict[Tuple[int, int], Tuple[int, int, int]] = {}
+        self.on_codes: Dict[int, bool] = {}
+
+    def forward_on_codes(self, in_features: int) -> bool:
+        """Whether the forward GEMM runs on packed codes (then it needs no float32 X operand)."""
+        got = self.on_codes.get(in_features)
+        if got is None:
+            flag = ctypes.c_int32()
+            _native.check(_native.lib.fp4swift_linear_forward_on_codes(in_features, self.ref, ctypes.byref(flag)))
+            got = self.on_codes[in_features] = bool(flag.value)
+        return got
 
     def saved_sizes(self, tokens: int, in_features: int) -> Tuple[int, int, int]:
         key = (tokens, in_features)

@@ -57,20 +57,36 @@ def test_sharing_layers_run_their_backwards_in_any_order_and_release_independent
 
 
 def test_prepared_operand_buffer_is_reused_and_checked():
+    # The float32 operand exists when the forward GEMM is simulated.
     rng = np.random.default_rng(2)
     x = _x(rng, (32, 32))
+    r = f4.Recipe.get("wang2025").replace(gemm="simulated")
     buf = np.empty((32, 32), dtype=np.float32)
-    p = f4.prepare_input(x, "wang2025", operand=buf)
+    p = f4.prepare_input(x, r, operand=buf)
     assert p.operand.base is buf or p.operand is buf
     w = rng.standard_normal((8, 32), dtype=np.float32)
-    assert f4.linear_forward(None, w, None, "wang2025", prepared=p)[0].tobytes() == \
-        f4.linear_forward(x, w, None, "wang2025")[0].tobytes()
+    assert f4.linear_forward(None, w, None, r, prepared=p)[0].tobytes() == \
+        f4.linear_forward(x, w, None, r)[0].tobytes()
     with pytest.raises(ValueError, match="operand must be"):
-        f4.prepare_input(x, "wang2025", operand=np.empty((32, 31), dtype=np.float32))
+        f4.prepare_input(x, r, operand=np.empty((32, 31), dtype=np.float32))
     with pytest.raises(ValueError, match="operand must be"):
-        f4.prepare_input(x, "wang2025", operand=np.empty((32, 32), dtype=np.float64))
+        f4.prepare_input(x, r, operand=np.empty((32, 32), dtype=np.float64))
     with pytest.raises(ValueError, match="must not overlap x"):
-        f4.prepare_input(x, "wang2025", operand=x)
+        f4.prepare_input(x, r, operand=x)
+
+
+def test_packed_forward_needs_no_float_operand():
+    # On codes, the forward GEMM reads X_q from the prepared state: no float32 copy of X_q.
+    rng = np.random.default_rng(4)
+    x = _x(rng, (32, 64))
+    w = rng.standard_normal((16, 64), dtype=np.float32)
+    for name in ("wang2025", "fp4-direct", "mxfp4", "nvfp4"):
+        p = f4.prepare_input(x, name)
+        assert p.operand is None, name
+        assert f4.linear_forward(None, w, None, name, prepared=p)[0].tobytes() == \
+            f4.linear_forward(x, w, None, name)[0].tobytes()
+    # zhou2025 saves its own FP8 X for the backward: its forward GEMM stays simulated.
+    assert f4.prepare_input(x, "zhou2025").operand is not None
 
 
 def test_prepared_input_errors():

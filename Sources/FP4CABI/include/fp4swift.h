@@ -200,8 +200,10 @@ int32_t fp4swift_linear_forward(const float *x, int64_t tokens, int64_t in_featu
 /* The forward in two steps, for layers that read the same X under the same recipe (q/k/v
  * projections): prepare_input does the work on X alone (OCC; the saved codes, scales and
  * residual) and writes the forward GEMM's X operand, Q(X_c) + dX, to x_operand [tokens,
- * in_features] (NULL allowed when the recipe keeps X in float32: the operand is then x);
- * forward_prepared computes y = x_operand W_q^T + bias. Together they equal
+ * in_features]; forward_prepared computes y = x_operand W_q^T + bias. When the forward GEMM
+ * runs on codes (fp4swift_linear_forward_on_codes), x_operand is neither written nor read
+ * (NULL allowed) and forward_prepared reads X_q and the residual from `saved` instead; when
+ * the recipe keeps X in float32, x_operand is x itself. Together they equal
  * fp4swift_linear_forward bit for bit, and one prepared state serves every sharing layer's
  * backward (it does not depend on W). */
 int32_t fp4swift_linear_prepare_input(const float *x, int64_t tokens, int64_t in_features,
@@ -209,7 +211,12 @@ int32_t fp4swift_linear_prepare_input(const float *x, int64_t tokens, int64_t in
                                       fp4swift_linear_saved *saved);
 int32_t fp4swift_linear_forward_prepared(const float *x_operand, int64_t tokens, int64_t in_features,
                                          const float *w, int64_t out_features, const float *bias,
-                                         const fp4swift_linear_recipe *recipe, float *y);
+                                         const fp4swift_linear_recipe *recipe, float *y,
+                                         const fp4swift_linear_saved *saved);
+/* on_codes = 1 when the recipe's forward GEMM runs on packed codes for this in_features (§11):
+ * gemm = PACKED, X and W FP4 with groups along K that nest, and the saved X is the forward's. */
+int32_t fp4swift_linear_forward_on_codes(int64_t in_features, const fp4swift_linear_recipe *recipe,
+                                         int32_t *on_codes);
 /* x: the forward input, needed (and read) only when the recipe keeps X in float32.
  * dx, dw, db may be NULL to skip that gradient. */
 int32_t fp4swift_linear_backward(const float *dy, int64_t tokens, int64_t out_features,

@@ -87,17 +87,20 @@ public enum LinearLayer {
                                recipe: LinearRecipe, y: UnsafeMutablePointer<Float>,
                                saved: inout LinearSaved) throws {
         try checkShapes(T, K, N)
-        let xq = recipe.input == nil ? nil : Scratch(T * K)
+        // On codes, the GEMM reads X_q from the saved state: no float32 operand.
+        let onCodes = forwardRunsOnCodes(recipe: recipe, inFeatures: K)
+        let xq = recipe.input == nil || onCodes ? nil : Scratch(T * K)
         try prepareInput(x: x, tokens: T, inFeatures: K, recipe: recipe, operand: xq?.pointer, saved: &saved)
-        try forwardPrepared(operand: xq.map { UnsafePointer($0.pointer) } ?? x, tokens: T, inFeatures: K, w: w,
-                            outFeatures: N, bias: bias, recipe: recipe, y: y)
+        try forwardPrepared(operand: recipe.input == nil ? x : xq.map { UnsafePointer($0.pointer) }, tokens: T, inFeatures: K,
+                            w: w, outFeatures: N, bias: bias, recipe: recipe, y: y, saved: saved)
         withExtendedLifetime(xq) {}
     }
 
     /// The forward's work on X alone: OCC, the saved codes, scales and residual, and the
     /// forward GEMM's X operand (Q(X_c) + ΔX) written to `operand` ([T, K]; needed, and
-    /// written, only when the recipe quantizes X). Layers that read the same X under the
-    /// same recipe (q/k/v projections) can share one result: it does not depend on W.
+    /// written, only when the recipe quantizes X and the forward GEMM does not run on codes,
+    /// `forwardRunsOnCodes`). Layers that read the same X under the same recipe (q/k/v
+    /// projections) can share one result: it does not depend on W.
     public static func prepareInput(x: UnsafePointer<Float>, tokens T: Int, inFeatures K: Int, recipe: LinearRecipe,
                                     operand: UnsafeMutablePointer<Float>?, saved: inout LinearSaved) throws {
         try checkShapes(T, K, 0)
@@ -113,7 +116,10 @@ public enum LinearLayer {
         // Activations: OCC clamp (+ sparse residual), then quantize to saved codes; the GEMM
         // reads the dequantized values.
         if let q = recipe.input {
-            guard let buffer = operand else { throw FP4Error.invalid("a quantized input needs the X operand buffer") }
+            let buffer = operand
+            guard buffer != nil || forwardRunsOnCodes(recipe: recipe, inFeatures: K) else {
+                throw FP4Error.invalid("a quantized input needs the X operand buffer")
+            }
             var source = x
             var clamped: Scratch?
             // The OCC clamp applied inside the quantizer, row by row (no float32 X_c buffer).
@@ -153,11 +159,11 @@ public enum LinearLayer {
                 saved.xTensorScale = ts.tensorScale
             } else if recipe.savesForwardInput {
                 try saveInput(q, source, rows: T, cols: K, saved: &saved, dequantized: buffer)
-            } else {
+            } else if let buffer {
                 try q.fakeQuantize(source, rows: T, cols: K, into: buffer, nonFinite: .raise)
             }
             withExtendedLifetime(clamped) {}
-            if clampInQuantizer == nil, let occ = recipe.occ, occ.compensate, saved.residualNNZ > 0 {
+            if clampInQuantizer == nil, let buffer, let occ = recipe.occ, occ.compensate, saved.residualNNZ > 0 {
                 // Q(X_c)·W_qᵀ + ΔX·W_qᵀ = (Q(X_c) + ΔX)·W_qᵀ: one GEMM on the sum.
                 scatterResidual(saved, rows: T, cols: K, into: buffer)
             }
@@ -170,12 +176,20 @@ public enum LinearLayer {
     }
 
     /// The forward GEMM on a prepared X operand (`prepareInput`; X itself when the recipe
-    /// keeps X in float32): Y = X_op·W_qᵀ + b.
-    public static func forwardPrepared(operand xOperand: UnsafePointer<Float>, tokens T: Int, inFeatures K: Int,
+    /// keeps X in float32): Y = X_op·W_qᵀ + b. When the forward runs on codes
+    /// (`forwardRunsOnCodes`), X_q comes from `saved` (the state `prepareInput` filled) and
+    /// `operand` is not read.
+    public static func forwardPrepared(operand: UnsafePointer<Float>?, tokens T: Int, inFeatures K: Int,
                                        w: UnsafePointer<Float>, outFeatures N: Int, bias: UnsafePointer<Float>?,
-                                       recipe: LinearRecipe, y: UnsafeMutablePointer<Float>) throws {
+                                       recipe: LinearRecipe, y: UnsafeMutablePointer<Float>, saved: LinearSaved?) throws {
         try checkShapes(T, K, N)
         try recipe.validate()
+        if forwardRunsOnCodes(recipe: recipe, inFeatures: K) {
+            guard let saved else { throw FP4Error.invalid("the packed forward needs the prepared (saved) state") }
+            try forwardOnCodes(saved: saved, tokens: T, inFeatures: K, w: w, outFeatures: N, bias: bias, recipe: recipe, y: y)
+            return
+        }
+        guard let xOperand = operand else { throw FP4Error.invalid("the forward needs the prepared X operand") }
         let wq = try Operand(w, rows: N, cols: K, quantizer: recipe.weight, nonFinite: .raise)
         let wOperand = wq.pointer
 
@@ -209,20 +223,26 @@ public enum LinearLayer {
         try checkShapes(T, K, N)
         try recipe.validate()
 
-        let gq = try Operand(dy, rows: T, cols: N, quantizer: recipe.gradient, nonFinite: .propagate)
-        let gOperand = gq.pointer
+        // dX on codes when its operands allow it (false when dY holds NaN/inf: then simulated).
+        let dxOnCodes = try dx.map { dx in
+            try inputGradientRunsOnCodes(recipe: recipe)
+                && inputGradientOnCodes(dy: dy, tokens: T, outFeatures: N, w: w, inFeatures: K, recipe: recipe, dx: dx)
+        } ?? false
+        // Q_g(dY) in float32, for the simulated GEMMs that read it.
+        let needsGradient = dx != nil && !dxOnCodes || dw != nil && recipe.wgradHadamard == nil
+        let gq = needsGradient ? try Operand(dy, rows: T, cols: N, quantizer: recipe.gradient, nonFinite: .propagate) : nil
 
         // W_q is recomputed, with the same scales the forward used (DGE needs them).
-        let needsForwardW = dx != nil && recipe.reusesForwardWeight || dw != nil && recipe.dge != nil
+        let needsForwardW = dx != nil && !dxOnCodes && recipe.reusesForwardWeight || dw != nil && recipe.dge != nil
         let wq = needsForwardW ? try Operand(w, rows: N, cols: K, quantizer: recipe.weight, nonFinite: .raise) : nil
         let wScales = wq?.scales
 
-        if let dx {
+        if let dx, !dxOnCodes, let gq {
             let wb: Operand
             if recipe.reusesForwardWeight, let wq { wb = wq } else {
                 wb = try Operand(w, rows: N, cols: K, quantizer: recipe.inputGradientWeight, nonFinite: .raise)
             }
-            BLAS.gemm(transA: false, transB: false, m: T, n: K, k: N, a: gOperand, b: wb.pointer, c: dx)
+            BLAS.gemm(transA: false, transB: false, m: T, n: K, k: N, a: gq.pointer, b: wb.pointer, c: dx)
             withExtendedLifetime(wb) {}
         }
 
@@ -246,9 +266,9 @@ public enum LinearLayer {
             }
             if let h = recipe.wgradHadamard {
                 try rotatedWeightGradient(dy: dy, x: xOperand, T: T, N: N, K: K, h: h,
-                                          gradient: recipe.gradient, input: recipe.savedInput, into: dw)
-            } else {
-                BLAS.gemm(transA: true, transB: false, m: N, n: K, k: T, a: gOperand, b: xOperand, c: dw)
+                                          gradient: recipe.gradient, input: recipe.savedInput, gemm: recipe.gemm, into: dw)
+            } else if let gq {
+                BLAS.gemm(transA: true, transB: false, m: N, n: K, k: T, a: gq.pointer, b: xOperand, c: dw)
             }
             withExtendedLifetime(xd) {}
             if let cfg = recipe.dge, let q = recipe.weight, let ts = wScales {
@@ -267,20 +287,27 @@ public enum LinearLayer {
 
     /// dW = Q_g(dYᵀ·H_b) · Q_x(Xᵀ·H_b)ᵀ (see `WgradHadamard`): both operands transposed
     /// into zero-padded [·, Tp] buffers, rotated blockwise along T, quantized (nil: float32).
+    /// With `gemm == .packed` and two FP4 quantizers, the product runs on their codes (unless
+    /// the rotated dY holds NaN/inf, which only the simulated path carries).
     static func rotatedWeightGradient(dy: UnsafePointer<Float>, x: UnsafePointer<Float>, T: Int, N: Int, K: Int,
-                                      h: WgradHadamard, gradient: Quantizer?, input: Quantizer?,
+                                      h: WgradHadamard, gradient: Quantizer?, input: Quantizer?, gemm: GEMMMode,
                                       into dw: UnsafeMutablePointer<Float>) throws {
         let tp = (T + h.block - 1) / h.block * h.block
         let d = h.signs
-        func operand(_ src: UnsafePointer<Float>, rows: Int, _ q: Quantizer?, nonFinite: NonFinitePolicy) throws -> Scratch {
-            // src is [T, rows]; the operand is srcᵀ [rows, tp].
-            let a = Scratch(rows * tp)
-            a.pointer.initialize(repeating: 0, count: Swift.max(rows * tp, 1))
-            for t in 0..<T { for r in 0..<rows { a.pointer[r * tp + t] = src[t * rows + r] } }
-            try d.withUnsafeBufferPointer { dp in
-                try Hadamard.transform(UnsafePointer(a.pointer), rows: rows, cols: tp, block: h.block,
-                                       signs: dp.baseAddress!, into: a.pointer)
+        if gemm == .packed, let qg = gradient, let qx = input, feedsPackedGEMM(qg), feedsPackedGEMM(qx),
+           groupsNest(qg, qx, reduction: tp), N * tp > 0, K * tp > 0 {
+            let g = try rotatedTransposed(dy, T: T, rows: N, tp: tp, block: h.block, signs: d)
+            let xr = try rotatedTransposed(x, T: T, rows: K, tp: tp, block: h.block, signs: d)
+            if Quantizer.firstNonFiniteIndex(g.pointer, count: N * tp) < 0 {
+                let gc = try CodedOperand(UnsafePointer(g.pointer), rows: N, cols: tp, qg)
+                let xc = try CodedOperand(UnsafePointer(xr.pointer), rows: K, cols: tp, qx)
+                try gc.withOperand { a in try xc.withOperand { b in try PackedGEMM.multiply(a, b, into: dw) } }
+                withExtendedLifetime((g, xr)) {}
+                return
             }
+        }
+        func operand(_ src: UnsafePointer<Float>, rows: Int, _ q: Quantizer?, nonFinite: NonFinitePolicy) throws -> Scratch {
+            let a = try rotatedTransposed(src, T: T, rows: rows, tp: tp, block: h.block, signs: d)
             if let q, rows * tp > 0 {
                 try q.fakeQuantize(UnsafePointer(a.pointer), rows: rows, cols: tp, into: a.pointer, nonFinite: nonFinite)
             }
@@ -290,6 +317,20 @@ public enum LinearLayer {
         let xr = try operand(x, rows: K, input, nonFinite: .propagate)
         BLAS.gemm(transA: false, transB: true, m: N, n: K, k: tp, a: g.pointer, b: xr.pointer, c: dw)
         withExtendedLifetime((g, xr)) {}
+    }
+
+    /// srcᵀ [rows, tp] for src [T, rows], zero-padded along T and rotated blockwise along T
+    /// by diag(d)·H_block.
+    static func rotatedTransposed(_ src: UnsafePointer<Float>, T: Int, rows: Int, tp: Int, block: Int,
+                                  signs d: [Float]) throws -> Scratch {
+        let a = Scratch(rows * tp)
+        a.pointer.initialize(repeating: 0, count: Swift.max(rows * tp, 1))
+        for t in 0..<T { for r in 0..<rows { a.pointer[r * tp + t] = src[t * rows + r] } }
+        try d.withUnsafeBufferPointer { dp in
+            try Hadamard.transform(UnsafePointer(a.pointer), rows: rows, cols: tp, block: block,
+                                   signs: dp.baseAddress!, into: a.pointer)
+        }
+        return a
     }
 
     /// The saved residual for a kernel that adds it row by row (nil when it is empty).

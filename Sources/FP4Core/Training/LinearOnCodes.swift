@@ -1,0 +1,147 @@
+/// The linear layer's GEMMs on packed codes (numerics.md §11), used when the recipe's
+/// `gemm` is `.packed` and both operands of a GEMM are FP4 codes whose scales are constant
+/// along its reduction dimension. Every quantized value is the one the simulated path
+/// multiplies; only the float32 rounding of the products differs (the §11 bound).
+extension LinearLayer {
+    /// Whether a quantizer's codes can feed a packed GEMM that reduces along their rows.
+    static func feedsPackedGEMM(_ q: Quantizer?) -> Bool {
+        guard let q, q.format.isFP4 else { return false }
+        if case .column = q.granularity { return false }
+        return true
+    }
+
+    /// Whether two quantizers' groups along the reduction dimension nest (one divides the other).
+    static func groupsNest(_ a: Quantizer, _ b: Quantizer, reduction K: Int) -> Bool {
+        func length(_ q: Quantizer) -> Int {
+            switch q.granularity {
+            case .block(let n), .block2d(let n): return n
+            default: return K
+            }
+        }
+        let la = length(a), lb = length(b)
+        return la > 0 && lb > 0 && (la % lb == 0 || lb % la == 0)
+    }
+
+    /// Whether the forward GEMM Y = X_q·W_qᵀ runs on codes: the recipe asks for packed GEMMs,
+    /// X and W are FP4 with groups along K, and the saved X codes are the forward's (so the
+    /// GEMM reads them from the saved state; recipes with their own backward X stay simulated).
+    public static func forwardRunsOnCodes(recipe: LinearRecipe, inFeatures K: Int) -> Bool {
+        guard recipe.gemm == .packed, recipe.savesForwardInput, let qx = recipe.input, let qw = recipe.weight,
+              feedsPackedGEMM(qx), feedsPackedGEMM(qw) else { return false }
+        return groupsNest(qx, qw, reduction: K)
+    }
+
+    /// Whether the input-gradient GEMM dX = Q_g(dY)·W_b runs on codes (it reduces along N, so
+    /// W_b's groups must run along N: block2d tiles, tensor scales).
+    static func inputGradientRunsOnCodes(recipe: LinearRecipe) -> Bool {
+        guard recipe.gemm == .packed, let qg = recipe.gradient, let qw = recipe.inputGradientWeight,
+              feedsPackedGEMM(qg), feedsPackedGEMM(qw) else { return false }
+        switch qw.granularity {
+        case .block2d, .tensor: return true
+        default: return false
+        }
+    }
+
+    /// Codes and float scales of one quantized GEMM operand, in scratch memory.
+    final class CodedOperand {
+        let codes: UnsafeMutablePointer<UInt8>
+        let rows: Int, cols: Int
+        let quantizer: Quantizer
+        let scales: [Float]
+        let tensorScale: Float
+
+        /// Quantizes src [rows, cols]; `dequantized` (optional) receives x̂ in the same pass.
+        init(_ src: UnsafePointer<Float>, rows: Int, cols: Int, _ q: Quantizer,
+             dequantized: UnsafeMutablePointer<Float>? = nil) throws {
+            codes = .allocate(capacity: Swift.max(q.codeBytes(count: rows * cols), 1))
+            do {
+                let ts = try q.quantize(src, rows: rows, cols: cols, codes: codes, dequantized: dequantized)
+                scales = ts.groups.map(\.scale)
+                tensorScale = ts.tensorScale
+            } catch {
+                codes.deallocate()
+                throw error
+            }
+            self.rows = rows
+            self.cols = cols
+            quantizer = q
+        }
+
+        deinit { codes.deallocate() }
+
+        func withOperand<R>(_ body: (GEMMOperand) throws -> R) rethrows -> R {
+            try scales.withUnsafeBufferPointer { s in
+                try body(GEMMOperand(codes: UnsafePointer(codes), rows: rows, cols: cols, format: quantizer.format,
+                                     granularity: quantizer.granularity, scales: s.baseAddress ?? UnsafePointer(bitPattern: 4)!,
+                                     tensorScale: tensorScale))
+            }
+        }
+    }
+
+    /// Y = X_q·W_qᵀ (+ ΔX·W_qᵀ) + b with X_q read from the saved codes and W quantized to codes.
+    static func forwardOnCodes(saved: LinearSaved, tokens T: Int, inFeatures K: Int, w: UnsafePointer<Float>,
+                               outFeatures N: Int, bias: UnsafePointer<Float>?, recipe: LinearRecipe,
+                               y: UnsafeMutablePointer<Float>) throws {
+        guard let qx = recipe.input, let qw = recipe.weight, let codes = saved.xCodes, let xs = saved.xScales else {
+            throw FP4Error(.invalidState, "the saved state holds no activation codes for the packed forward")
+        }
+        let residual = residualAdded(saved)
+        // The compensation ΔX·W_qᵀ multiplies the dequantized W_q in float32 (a sparse product).
+        let wq = residual != nil ? Scratch(N * K) : nil
+        let wc = try CodedOperand(w, rows: N, cols: K, qw, dequantized: wq?.pointer)
+        let xOperand = GEMMOperand(codes: UnsafePointer(codes), rows: T, cols: K, format: qx.format,
+                                   granularity: qx.granularity, scales: UnsafePointer(xs), tensorScale: saved.xTensorScale)
+        try wc.withOperand { try PackedGEMM.multiply(xOperand, $0, into: y) }
+        if let r = residual, let wq {
+            OCC.csrMatmulTransposed(indptr: r.indptr, indices: r.indices, values: r.values, rows: T, cols: K,
+                                    w: UnsafePointer(wq.pointer), n: N, into: y)
+        }
+        if let bias { addBias(bias, rows: T, cols: N, into: y) }
+        withExtendedLifetime(wq) {}
+    }
+
+    /// y[t, :] += bias for every row.
+    static func addBias(_ bias: UnsafePointer<Float>, rows: Int, cols: Int, into y: UnsafeMutablePointer<Float>) {
+        Parallel.forChunks(count: rows, grain: Parallel.grain(count: rows, minItems: Swift.max(1, 16384 / Swift.max(cols, 1)))) { r in
+            for t in r {
+                let row = y + t * cols
+                for j in 0..<cols { row[j] += bias[j] }
+            }
+        }
+    }
+
+    /// dX = Q_g(dY)·W_b on codes: W_bᵀ [K, N] is quantized directly (block2d tiles and tensor
+    /// scales are the same groups for W and Wᵀ, so its values are W_b's, transposed).
+    /// Returns false (nothing written) when dY holds NaN/inf, which codes cannot carry: the
+    /// caller then takes the simulated path, which propagates them.
+    static func inputGradientOnCodes(dy: UnsafePointer<Float>, tokens T: Int, outFeatures N: Int,
+                                     w: UnsafePointer<Float>, inFeatures K: Int, recipe: LinearRecipe,
+                                     dx: UnsafeMutablePointer<Float>) throws -> Bool {
+        guard let qg = recipe.gradient, let qw = recipe.inputGradientWeight else { return false }
+        guard Quantizer.firstNonFiniteIndex(dy, count: T * N) < 0 else { return false }
+        let g = try CodedOperand(dy, rows: T, cols: N, qg)
+        let wt = Scratch(K * N)
+        transpose(w, rows: N, cols: K, into: wt.pointer)
+        let wc = try CodedOperand(UnsafePointer(wt.pointer), rows: K, cols: N, qw)
+        try g.withOperand { a in try wc.withOperand { b in try PackedGEMM.multiply(a, b, into: dx) } }
+        withExtendedLifetime(wt) {}
+        return true
+    }
+
+    /// b[c, r] = a[r, c] for a [rows, cols], in cache-sized tiles.
+    static func transpose(_ a: UnsafePointer<Float>, rows: Int, cols: Int, into b: UnsafeMutablePointer<Float>) {
+        let tile = 32
+        let rowTiles = (rows + tile - 1) / tile
+        Parallel.forChunks(count: rowTiles, grain: Parallel.grain(count: rowTiles, minItems: 4)) { range in
+            for rt in range {
+                let r0 = rt * tile, r1 = Swift.min(rows, r0 + tile)
+                var c0 = 0
+                while c0 < cols {
+                    let c1 = Swift.min(cols, c0 + tile)
+                    for r in r0..<r1 { for c in c0..<c1 { b[c * rows + r] = a[r * cols + c] } }
+                    c0 = c1
+                }
+            }
+        }
+    }
+}
