@@ -1,10 +1,15 @@
 """FP4 linear layer cost against the fp32 recipe (and torch nn.Linear), timed in one run.
 
     python benchmarks/linear.py [--tokens 2048 --in 1024 --out 4096] [--threads 2] [--repeats 5]
-                                [--recipes fp32,quartet] [--no-breakdown]
+                                [--recipes fp32,quartet,mxfp4:gemm=simulated] [--gemm both] [--no-breakdown]
 
-Targets (issue: DGE, OCC and the FP4 linear layer), T=2048, K=1024, N=4096, 2 threads:
-- wang2025 forward+backward <= 1.10x the fp32 recipe's forward+backward (quartet <= 1.5x);
+A recipe is a name, optionally with `:gemm=packed|simulated`; `--gemm both` times every
+recipe both ways (GEMMs on packed codes, numerics.md §11, and sgemm on fake-quantized operands).
+
+Targets, T=2048, K=1024, N=4096, 2 threads, forward+backward relative to the fp32 recipe:
+- issue "real FP4 arithmetic" (gemm=packed): quartet <= 0.5x, mxfp4 <= 0.5x, nvfp4 <= 0.6x,
+  wang2025 <= 0.8x;
+- earlier (simulated): wang2025 <= 1.10x (quartet <= 1.5x);
 - saved-for-backward bytes <= 0.2x a float32 copy of X;
 - OCC thresholds on 2M values at least as fast as np.partition for the same two order statistics.
 Also prints where the time goes (quantize X, quantize W, OCC, GEMMs, DGE, residual).
@@ -23,6 +28,18 @@ from _timing import interleaved_medians, median_seconds, print_table  # noqa: E4
 import fp4swift as f4  # noqa: E402
 
 
+def recipe_of(spec: str) -> "f4.Recipe":
+    """A recipe name, optionally `name:gemm=packed|simulated`."""
+    name, _, rest = spec.partition(":")
+    r = f4.Recipe.get(name)
+    for item in filter(None, rest.split(":")):
+        key, _, value = item.partition("=")
+        if key != "gemm":
+            raise SystemExit(f"benchmarks/linear.py: only gemm= can be set on a recipe here, got {item!r}")
+        r = r.replace(gemm=value)
+    return r
+
+
 def fwd_bwd(x, w, b, dy, recipe):
     y, saved = f4.linear_forward(x, w, b, recipe)
     return f4.linear_backward(dy, saved)
@@ -37,6 +54,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--recipes", default=None,
                     help="comma-separated recipes to time (fp32 is always included); default: all")
+    ap.add_argument("--gemm", choices=["default", "both"], default="default",
+                    help="both: time each quantized recipe with gemm=packed and gemm=simulated")
     ap.add_argument("--no-breakdown", action="store_true",
                     help="only the recipe ratios: skip torch, the saved-state table, the wang2025 breakdown and OCC")
     args = ap.parse_args()
@@ -51,11 +70,17 @@ def main() -> None:
     reps = args.repeats
 
     names = f4.recipes() if args.recipes is None else ["fp32"] + [r for r in args.recipes.split(",") if r and r != "fp32"]
-    fns = {name: (lambda name=name: fwd_bwd(x, w, b, dy, name)) for name in names}
+    if args.gemm == "both":
+        names = [n for name in names for n in ([name] if name == "fp32" or ":" in name
+                                               else [f"{name}:gemm=packed", f"{name}:gemm=simulated"])]
+    recipes = {name: recipe_of(name) for name in names}
+    fns = {name: (lambda r=r: fwd_bwd(x, w, b, dy, r)) for name, r in recipes.items()}
     medians = interleaved_medians(fns, reps)
     t_fp32 = medians["fp32"]
-    targets = {"wang2025": "<= 1.10x", "quartet": "<= 1.5x"}
-    rows = [(f"{name} recipe", f"{t / t_fp32:.2f}x", targets.get(name, "")) for name, t in medians.items()]
+    targets = {"wang2025": "<= 0.8x", "quartet": "<= 0.5x", "mxfp4": "<= 0.5x", "nvfp4": "<= 0.6x"}
+    rows = [(f"{name} recipe", f"{t / t_fp32:.2f}x",
+             targets.get(name.split(":")[0], "") if recipes[name].gemm == "packed" else "")
+            for name, t in medians.items()]
     if args.no_breakdown:
         print_table(f"forward+backward time relative to the fp32 recipe (T={T}, K={K}, N={N}, {args.threads} threads, "
                     f"median of {reps}, fp32 {t_fp32 * 1e3:.0f} ms)", ["layer", "time ratio", "target"], rows)

@@ -298,8 +298,7 @@ public enum LinearLayer {
            groupsNest(qg, qx, reduction: tp), N * tp > 0, K * tp > 0 {
             let g = try rotatedTransposed(dy, T: T, rows: N, tp: tp, block: h.block, signs: d)
             let xr = try rotatedTransposed(x, T: T, rows: K, tp: tp, block: h.block, signs: d)
-            if Quantizer.firstNonFiniteIndex(g.pointer, count: N * tp) < 0 {
-                let gc = try CodedOperand(UnsafePointer(g.pointer), rows: N, cols: tp, qg)
+            if let gc = try codesIfFinite(UnsafePointer(g.pointer), rows: N, cols: tp, qg) {
                 let xc = try CodedOperand(UnsafePointer(xr.pointer), rows: K, cols: tp, qx)
                 try gc.withOperand { a in try xc.withOperand { b in try PackedGEMM.multiply(a, b, into: dw) } }
                 withExtendedLifetime((g, xr)) {}
@@ -324,8 +323,10 @@ public enum LinearLayer {
     static func rotatedTransposed(_ src: UnsafePointer<Float>, T: Int, rows: Int, tp: Int, block: Int,
                                   signs d: [Float]) throws -> Scratch {
         let a = Scratch(rows * tp)
-        a.pointer.initialize(repeating: 0, count: Swift.max(rows * tp, 1))
-        for t in 0..<T { for r in 0..<rows { a.pointer[r * tp + t] = src[t * rows + r] } }
+        if tp > T {
+            for r in 0..<rows { (a.pointer + r * tp + T).initialize(repeating: 0, count: tp - T) }
+        }
+        transpose(src, rows: T, cols: rows, into: a.pointer, ldb: tp)
         try d.withUnsafeBufferPointer { dp in
             try Hadamard.transform(UnsafePointer(a.pointer), rows: rows, cols: tp, block: block,
                                    signs: dp.baseAddress!, into: a.pointer)

@@ -117,9 +117,8 @@ extension LinearLayer {
     static func inputGradientOnCodes(dy: UnsafePointer<Float>, tokens T: Int, outFeatures N: Int,
                                      w: UnsafePointer<Float>, inFeatures K: Int, recipe: LinearRecipe,
                                      dx: UnsafeMutablePointer<Float>) throws -> Bool {
-        guard let qg = recipe.gradient, let qw = recipe.inputGradientWeight else { return false }
-        guard Quantizer.firstNonFiniteIndex(dy, count: T * N) < 0 else { return false }
-        let g = try CodedOperand(dy, rows: T, cols: N, qg)
+        guard let qg = recipe.gradient, let qw = recipe.inputGradientWeight,
+              let g = try codesIfFinite(dy, rows: T, cols: N, qg) else { return false }
         let wt = Scratch(K * N)
         transpose(w, rows: N, cols: K, into: wt.pointer)
         let wc = try CodedOperand(UnsafePointer(wt.pointer), rows: K, cols: N, qw)
@@ -128,8 +127,20 @@ extension LinearLayer {
         return true
     }
 
-    /// b[c, r] = a[r, c] for a [rows, cols], in cache-sized tiles.
-    static func transpose(_ a: UnsafePointer<Float>, rows: Int, cols: Int, into b: UnsafeMutablePointer<Float>) {
+    /// The codes of src, or nil when it holds NaN/inf (found by the quantizer's own scale pass).
+    static func codesIfFinite(_ src: UnsafePointer<Float>, rows: Int, cols: Int, _ q: Quantizer) throws -> CodedOperand? {
+        do {
+            return try CodedOperand(src, rows: rows, cols: cols, q)
+        } catch let e as FP4Error where e.kind == .nonFinite {
+            return nil
+        }
+    }
+
+    /// b[c, r] = a[r, c] for a [rows, cols], in cache-sized tiles; b's rows are `ldb` apart
+    /// (default rows; larger leaves padding columns untouched).
+    static func transpose(_ a: UnsafePointer<Float>, rows: Int, cols: Int, into b: UnsafeMutablePointer<Float>,
+                          ldb: Int? = nil) {
+        let ld = ldb ?? rows
         let tile = 32
         let rowTiles = (rows + tile - 1) / tile
         Parallel.forChunks(count: rowTiles, grain: Parallel.grain(count: rowTiles, minItems: 4)) { range in
@@ -138,7 +149,7 @@ extension LinearLayer {
                 var c0 = 0
                 while c0 < cols {
                     let c1 = Swift.min(cols, c0 + tile)
-                    for r in r0..<r1 { for c in c0..<c1 { b[c * rows + r] = a[r * cols + c] } }
+                    for r in r0..<r1 { for c in c0..<c1 { b[c * ld + r] = a[r * cols + c] } }
                     c0 = c1
                 }
             }
