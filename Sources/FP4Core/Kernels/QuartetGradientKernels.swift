@@ -281,8 +281,7 @@ extension QuartetKernels {
         var z = c
         z = (z ^ (z &>> 30)) &* 0xBF58_476D_1CE4_E5B9
         z = (z ^ (z &>> 27)) &* 0x94D0_49BB_1331_11EB
-        let top = SIMD8<Int32>(truncatingIfNeeded: z &>> 40)
-        return SIMD8<Float>(top) * SIMD8<Float>(repeating: 0x1p-24)
+        return toFloat(low32(z &>> 40)) * SIMD8<Float>(repeating: 0x1p-24)
     }
 
     /// g = (g ⊙ m)·Hᵀ in place (m packed bits, H symmetric so Hᵀ = H); cols a multiple of 32.

@@ -90,6 +90,22 @@ extension QuartetKernels {
     }
 
 
+    /// The low 32 bits of each lane (`SIMD8<Int32>(truncatingIfNeeded:)`), written lane by lane:
+    /// the stdlib's generic conversion became an out-of-line call in the quartet backward
+    /// (callgrind), while lane reads and the 8-scalar initializer are transparent.
+    @inline(__always)
+    static func low32(_ v: SIMD8<UInt64>) -> SIMD8<Int32> {
+        SIMD8<Int32>(Int32(truncatingIfNeeded: v[0]), Int32(truncatingIfNeeded: v[1]), Int32(truncatingIfNeeded: v[2]),
+                     Int32(truncatingIfNeeded: v[3]), Int32(truncatingIfNeeded: v[4]), Int32(truncatingIfNeeded: v[5]),
+                     Int32(truncatingIfNeeded: v[6]), Int32(truncatingIfNeeded: v[7]))
+    }
+
+    /// `SIMD8<Float>(v)` lane by lane (see `low32`).
+    @inline(__always)
+    static func toFloat(_ v: SIMD8<Int32>) -> SIMD8<Float> {
+        SIMD8<Float>(Float(v[0]), Float(v[1]), Float(v[2]), Float(v[3]), Float(v[4]), Float(v[5]), Float(v[6]), Float(v[7]))
+    }
+
     @inline(__always)
     static func load8(_ p: UnsafePointer<Float>) -> SIMD8<Float> { UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self) }
 }
