@@ -135,9 +135,17 @@ func linearRecipe(_ rp: UnsafePointer<fp4swift_linear_recipe>?) throws -> Linear
         wgradHadamard: r.wgrad_hadamard != 0 ? WgradHadamard(block: Int(r.wgrad_hadamard), seed: r.wgrad_hadamard_seed) : nil,
         backwardWeight: try backwardOperand(r.backward_weight_mode, r.backward_weight, "backward_weight_mode"),
         backwardInput: try backwardOperand(r.backward_input_mode, r.backward_input, "backward_input_mode"),
-        gemm: try gemmMode(r.gemm))
+        gemm: try gemmMode(r.gemm),
+        backwardGrouping: try backwardGrouping(r.backward_grouping))
     try recipe.validate()
     return recipe
+}
+
+func backwardGrouping(_ v: Int32) throws -> BackwardGrouping {
+    guard let g = BackwardGrouping(rawValue: Int(v)) else {
+        throw invalid("backward_grouping must be \(FP4SWIFT_BACKWARD_GROUPING_STORED) (stored) or \(FP4SWIFT_BACKWARD_GROUPING_REDUCTION) (reduction), got \(v)")
+    }
+    return g
 }
 
 func gemmMode(_ mode: Int32) throws -> GEMMMode {

@@ -94,6 +94,7 @@ class LinearRecipe(ctypes.Structure):
         ("backward_input_mode", c_int32),
         ("backward_input", Quantizer),
         ("gemm", c_int32),
+        ("backward_grouping", c_int32),
     ]
 
 
@@ -101,6 +102,10 @@ class LinearRecipe(ctypes.Structure):
 BACKWARD_FORWARD = 0
 BACKWARD_FLOAT32 = 1
 BACKWARD_QUANTIZE = 2
+
+# How the backward quantizers group their operands (fp4swift_linear_recipe.backward_grouping).
+BACKWARD_GROUPING_STORED = 0
+BACKWARD_GROUPING_REDUCTION = 1
 
 # Where a layer's GEMMs run (fp4swift_linear_recipe.gemm, the quartet calls' gemm argument).
 GEMM_SIMULATED = 0

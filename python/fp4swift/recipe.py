@@ -36,6 +36,10 @@ class Recipe:
     weight-gradient GEMM (dW = dYᵀ·X_b): "forward" (the forward's W_q / X_q, the default), None
     (float32) or their own QuantizerSpec (e.g. FP8 backward GEMMs under an FP4 forward, numerics.md §7).
     The forward saves the codes of X_b.
+    backward_grouping: how the backward quantizers group their operands: "stored" (default: as
+    stored, dY [T, N], W [N, K], the saved X [T, K]) or "reduction" (along each backward GEMM's
+    reduction dimension, as OCP MX training does: dY and W along N for dX; dYᵀ and X_bᵀ along T
+    for dW, X_b decoded from the saved codes and T zero-padded; numerics.md §6).
     gemm: where the GEMMs run (numerics.md §11): "packed" (default: every GEMM whose two
     operands are FP4 codes with scales constant along its reduction dimension runs on the codes
     with integer SIMD, the others as below) or "simulated" (sgemm on the fake-quantized float32
@@ -64,6 +68,7 @@ class Recipe:
     backward_input: Union[str, QuantizerSpec, None] = "forward"
     roles: Tuple[Tuple[str, Optional[str]], ...] = (("lm_head", None),)
     gemm: str = "packed"
+    backward_grouping: str = "stored"
 
     @staticmethod
     def get(name: str) -> "Recipe":
@@ -136,6 +141,7 @@ class Recipe:
     def _validate(self) -> None:
         check_choice(self.kind, RECIPE_KINDS, "recipe kind")
         check_choice(self.gemm, list(GEMM_MODES), "gemm mode")
+        check_choice(self.backward_grouping, list(BACKWARD_GROUPINGS), "backward grouping")
         check_field_types(self)
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or not 0 <= int(self.seed) < 2**64:
             raise ValueError(f"seed must be an int in [0, 2**64), got {self.seed!r}")
@@ -183,10 +189,12 @@ class Recipe:
                                     int(self.compensate), float(self.alpha), int(self.dge), float(self.k), float(self.clamp),
                                     int(self.wgrad_hadamard), int(self.seed),
                                     *backward(self.backward_weight), *backward(self.backward_input),
-                                    GEMM_MODES[self.gemm])
+                                    GEMM_MODES[self.gemm], BACKWARD_GROUPINGS[self.backward_grouping])
 
 
 RECIPE_KINDS = ["linear", "quartet"]
+#: Recipe.backward_grouping values and their C constants.
+BACKWARD_GROUPINGS = {"stored": _native.BACKWARD_GROUPING_STORED, "reduction": _native.BACKWARD_GROUPING_REDUCTION}
 #: Recipe.gemm values and their C constants.
 GEMM_MODES = {"packed": _native.GEMM_PACKED, "simulated": _native.GEMM_SIMULATED}
 
@@ -252,6 +260,8 @@ _E2M1_TENSOR = QuantizerSpec.make("e2m1", "tensor", "absmax", nonfinite="raise")
 
 # OCP MXFP4: e2m1 elements, e8m0 (power-of-two, floor) scales on groups of 32 along K.
 _MXFP4 = QuantizerSpec.make("e2m1", "block(32)", "e8m0", nonfinite="raise")
+# dY in MXFP4 for both backward GEMMs (NaN/inf propagate), each time grouped along the GEMM's reduction.
+_MXFP4_DY = QuantizerSpec.make("e2m1", "block(32)", "e8m0")
 # NVFP4: e2m1 elements, two-level scales (per-tensor float32 S, per-block e4m3); 1x16 blocks
 # for activations, 16x16 tiles for weights (the same tiles serve W and Wᵀ), RNE forward;
 # dY stochastically rounded in 1x16 blocks before both backward GEMMs (NaN/inf propagate).
@@ -276,9 +286,12 @@ _RECIPES: Dict[str, Recipe] = {
     "wang2025": Recipe("wang2025", input=_E2M1_TOKEN, weight=_E2M1_TOKEN, occ=True, alpha=0.99, occ_per="tensor",
                        compensate=True, dge=True, k=5.0, clamp=3.0,
                        description="Wang et al. 2025: e2m1 per-token X, per-channel W, OCC α=0.99 + compensation, DGE k=5"),
-    "mxfp4": Recipe("mxfp4", input=_MXFP4, weight=_MXFP4,
-                    description="OCP MXFP4: e2m1, e8m0 scales on 1x32 blocks along K for X and W, RNE, STE, "
-                                "float32 gradients (K must be a multiple of 32)"),
+    "mxfp4": Recipe("mxfp4", input=_MXFP4, weight=_MXFP4, gradient=_MXFP4_DY, backward_grouping="reduction",
+                    description="OCP MXFP4 in all three GEMMs: e2m1 with e8m0 scales on 1x32 blocks along each "
+                                "GEMM's reduction dimension, RNE, STE: forward X and W along K; dX = Q(dY)·Q(Wᵀ)ᵀ "
+                                "along N; dW = Q(dYᵀ)·Q(X_qᵀ)ᵀ along T (X_q decoded from the saved codes, T "
+                                "zero-padded to a multiple of 32). K and N must be multiples of 32. "
+                                "mxfp4:gradient=none:backward_grouping=stored is the forward-only variant (float32 dY, the forward W_q and X_q in the backward GEMMs)"),
     "nvfp4": Recipe("nvfp4", input=_NVFP4_X, weight=_NVFP4_W, gradient=_NVFP4_DY, wgrad_hadamard=16,
                     description="NVFP4: e2m1, two-level scales (tensor S + e4m3 per block), X in 1x16 blocks, W in "
                                 "16x16 tiles, RNE forward, dY stochastic-rounded e2m1 1x16 blocks, STE "

@@ -210,11 +210,13 @@ def test_zhou2025_by_hand(llama7b):
 
 def test_forward_only_fp4_and_mixed_widths(llama7b):
     f, (A, M, H, C) = llama7b
-    # fp4-direct / wang2025 / mxfp4: FP4 forward, dY unquantized -> both backward GEMMs 16-bit
-    for name in ("fp4-direct", "wang2025", "mxfp4"):
+    # fp4-direct / wang2025: FP4 forward, dY unquantized -> both backward GEMMs 16-bit
+    for name in ("fp4-direct", "wang2025"):
         assert fc.gemm_bits(name)["attention"] == {"forward": 4, "input_grad": 16, "weight_grad": 16}
         num = (A + M) * (0.25 + 1 + 1) + 3 * H + 3 * C
         assert fc.relative_cost(f, name) == pytest.approx(num / (3 * (A + M + H + C)), rel=1e-12)
+    # mxfp4 quantizes dY too, grouped along each backward GEMM's reduction: FP4 in all three GEMMs
+    assert fc.gemm_bits("mxfp4")["mlp"] == {"forward": 4, "input_grad": 4, "weight_grad": 4}
     # e2m1 X with an e4m3 W runs at 8 bits
     mixed = f4.Recipe("mixed", input=f4.QuantizerSpec.make("e2m1", "row", "absmax"),
                       weight=f4.QuantizerSpec.make("e4m3", "row", "absmax"))

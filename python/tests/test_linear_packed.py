@@ -61,6 +61,8 @@ FORWARD_CASES = [
 @pytest.mark.parametrize("T,K,N", [(64, 64, 48), (37, 96, 32), (5, 32, 16)])
 def test_forward_within_bound_and_backward_shares_operands(name, changes, T, K, N):
     rng = np.random.default_rng(T * 131 + K + N)
+    if name == "mxfp4":
+        N = -(-N // 32) * 32  # its backward groups dY and W along N in blocks of 32
     x, w, b, dy = _data(rng, T, K, N)
     packed, simulated = _pair(name, **changes)
     (yp, dxp, dwp, dbp), sp = _run(packed, x, w, b, dy)
@@ -73,7 +75,7 @@ def test_forward_within_bound_and_backward_shares_operands(name, changes, T, K, 
     assert sp.x_codes.tobytes() == ss.x_codes.tobytes()
     assert sp.x_scales.tobytes() == ss.x_scales.tobytes()
     assert dbp.tobytes() == dbs.tobytes()
-    if name != "nvfp4":
+    if name not in ("nvfp4", "mxfp4"):
         # Float32 backward GEMMs (these recipes' dY is not quantized): the same sgemm calls.
         assert dxp.tobytes() == dxs.tobytes() and dwp.tobytes() == dws.tobytes()
 

@@ -2,7 +2,9 @@
 
 The recipes are spelled out here independently of fp4swift.Recipe: quantized operands come
 from reference.ref_quantize (the float32 quantizer written from numerics.md §2), the GEMMs are
-float64. mxfp4: e2m1, e8m0 scales, 1x32 blocks on X and W, RNE, STE, float32 gradients.
+float64. mxfp4: e2m1, e8m0 scales, 1x32 blocks along each GEMM's reduction dimension, RNE, STE:
+forward X and W along K; dX = Q(dY)·Q(Wᵀ)ᵀ with dY and Wᵀ in blocks along N; dW = Q(dYᵀ)·Q(X_qᵀ)ᵀ
+with both re-quantized in blocks along T (T zero-padded to a multiple of 32).
 nvfp4: e2m1, two-level nvfp4 scales, 1x16 blocks on X, 16x16 tiles on W, RNE forward,
 dY stochastically rounded (e2m1, nvfp4 scales, 1x16 blocks, the per-call seed of LinearSaved.gradient_seed) for dX = Q(dY)·W_q, STE;
 the dW GEMM on operands rotated along T by a 16-point random Hadamard transform
@@ -28,7 +30,8 @@ TOL = 1e-5
 SPECS = {
     "mxfp4": dict(x=dict(granularity="block(32)", scale_rule="e8m0"),
                   w=dict(granularity="block(32)", scale_rule="e8m0"),
-                  dy=None),
+                  dy=dict(granularity="block(32)", scale_rule="e8m0"),
+                  regroup=32),
     "nvfp4": dict(x=dict(granularity="block(16)", scale_rule="nvfp4"),
                   w=dict(granularity="block2d(16)", scale_rule="nvfp4"),
                   dy=dict(granularity="block(16)", scale_rule="nvfp4", rounding="stochastic", seed=0),
@@ -49,6 +52,7 @@ class RefMX:
         self.N = W.shape[0]
         self.b = b
         self.xq = ref_quantize(X, fmt="e2m1", **spec["x"])
+        self.W_f32 = W
         self.wq = ref_quantize(W, fmt="e2m1", **spec["w"])
         self.x_op = self.xq.xhat.astype(np.float64)
         self.w_op = self.wq.xhat.astype(np.float64)
@@ -64,6 +68,21 @@ class RefMX:
         dy_spec = None if self.spec["dy"] is None else dict(self.spec["dy"], seed=dy_seed)
         G = D if dy_spec is None else ref_quantize(D, fmt="e2m1", **dy_spec).xhat
         G = G.astype(np.float64)
+        if self.spec.get("regroup"):
+            # W grouped along N: quantize Wᵀ; dW on dYᵀ and X_qᵀ re-quantized along T.
+            wt = ref_quantize(np.ascontiguousarray(self.W_f32.T), fmt="e2m1", **self.spec["w"]).xhat.astype(np.float64)
+            dx = (G @ wt.T).reshape(self.x_shape)
+            b = self.spec["regroup"]
+
+            def regrouped(a, q):  # a [rows, T] -> Q(pad(a)) float64, blocks along T
+                tp = -(-a.shape[1] // b) * b
+                p = np.zeros((a.shape[0], tp), F32)
+                p[:, : a.shape[1]] = a
+                return ref_quantize(p, fmt="e2m1", **q).xhat.astype(np.float64)
+
+            dw = regrouped(D.T, dy_spec) @ regrouped(self.xq.xhat.T, self.spec["x"]).T
+            db = D.astype(np.float64).sum(axis=0) if self.b is not None else None
+            return dx, dw, db
         dx = (G @ self.w_op).reshape(self.x_shape)
         if self.spec.get("rht"):
             b = self.spec["rht"]
@@ -121,7 +140,9 @@ def test_builtin_recipes_are_the_spec():
     m = f4.Recipe.get("mxfp4")
     for q in (m.input, m.weight):
         assert (q.fmt, q.granularity, q.block, q.scale_rule, q.rounding) == ("e2m1", "block", 32, "e8m0", "nearest_even")
-    assert m.gradient is None and not m.occ and not m.dge
+    g = m.gradient
+    assert (g.fmt, g.granularity, g.block, g.scale_rule, g.rounding) == ("e2m1", "block", 32, "e8m0", "nearest_even")
+    assert m.backward_grouping == "reduction" and not m.occ and not m.dge
     n = f4.Recipe.get("nvfp4")
     assert (n.input.fmt, n.input.granularity, n.input.block, n.input.scale_rule, n.input.rounding) == \
         ("e2m1", "block", 16, "nvfp4", "nearest_even")
@@ -134,7 +155,8 @@ def test_builtin_recipes_are_the_spec():
 
 
 @pytest.mark.parametrize("name", ["mxfp4", "nvfp4"])
-@pytest.mark.parametrize("x_shape,N,bias", [((64, 96), 48, True), ((2, 24, 64), 32, False), ((1, 32), 16, True)])
+@pytest.mark.parametrize("x_shape,N,bias", [((64, 96), 64, True), ((2, 24, 64), 32, False), ((1, 32), 32, True),
+                                            ((45, 64), 96, True)])
 def test_matches_reference(name, x_shape, N, bias):
     rng = np.random.default_rng(hash((name, x_shape, N)) % 2**32)
     x, w, b, dy = make(rng, x_shape, N, bias)
@@ -187,6 +209,7 @@ def test_nvfp4_gradient_is_stochastic_and_unbiased():
 
 @pytest.mark.parametrize("name,K,N,match", [
     ("mxfp4", 48, 32, "multiple of 32"),
+    ("mxfp4", 32, 48, "multiple of 32"),  # dY and Wᵀ are grouped along N in the backward
     ("nvfp4", 40, 32, "multiple"),
     ("nvfp4", 32, 24, "multiple"),  # W tiles are 16x16: N must be a multiple of 16
 ])
@@ -251,4 +274,5 @@ def test_nvfp4_draws_are_fresh_per_call_and_repeat_for_a_retained_backward():
     assert np.array_equal(a[0], again[0]) and np.array_equal(a[1], again[1])
     assert not np.array_equal(a[0], b[0])
     # Deterministic recipes keep their seed.
-    assert f4.linear_forward(x, w, None, "mxfp4")[1].gradient_seed == 0
+    w32 = np.concatenate([w, w])  # mxfp4 groups dY along N in blocks of 32
+    assert f4.linear_forward(x, w32, None, "mxfp4")[1].gradient_seed == 0

@@ -165,7 +165,15 @@ typedef struct fp4swift_linear_recipe {
     int32_t backward_input_mode;
     fp4swift_quantizer backward_input;
     int32_t gemm;              /* FP4SWIFT_GEMM_*: where the GEMMs run (§11) */
+    int32_t backward_grouping; /* FP4SWIFT_BACKWARD_GROUPING_*: how the backward quantizers group */
 } fp4swift_linear_recipe;
+
+/* STORED: the backward quantizers group dY [T, N], W [N, K] and the saved X [T, K] as stored.
+ * REDUCTION: each backward GEMM's operands are grouped along its reduction dimension (OCP MX
+ * training): dX = Q(dY) Q(W^T)^T grouped along N; dW = Q(dY^T) Q(X_b^T)^T grouped along T (X_b
+ * decoded from the saved codes, T zero-padded to whole groups). */
+#define FP4SWIFT_BACKWARD_GROUPING_STORED 0
+#define FP4SWIFT_BACKWARD_GROUPING_REDUCTION 1
 
 /* Where a layer's GEMMs run. PACKED: every GEMM whose two operands are FP4 codes with scales
  * constant along its reduction dimension runs on the codes (§11), the others as SIMULATED;

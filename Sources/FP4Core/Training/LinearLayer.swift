@@ -184,6 +184,7 @@ public enum LinearLayer {
                                        recipe: LinearRecipe, y: UnsafeMutablePointer<Float>, saved: LinearSaved?) throws {
         try checkShapes(T, K, N)
         try recipe.validate()
+        try checkBackwardShapes(recipe, tokens: T, inFeatures: K, outFeatures: N)
         if forwardRunsOnCodes(recipe: recipe, inFeatures: K) {
             guard let saved else { throw FP4Error.invalid("the packed forward needs the prepared (saved) state") }
             try forwardOnCodes(saved: saved, tokens: T, inFeatures: K, w: w, outFeatures: N, bias: bias, recipe: recipe, y: y)
@@ -199,6 +200,23 @@ public enum LinearLayer {
         BLAS.gemm(transA: false, transB: true, m: T, n: N, k: K, a: xOperand, b: wOperand,
                   beta: bias == nil ? 0 : 1, c: y)
         withExtendedLifetime(wq) {}
+    }
+
+    /// Refuses, at the forward, shapes the backward's quantizers cannot group (rather than
+    /// failing after the forward has run): dY [T, N] under the gradient quantizer, and with
+    /// grouping along the reduction, Wᵀ [K, N] under the input-gradient weight quantizer.
+    static func checkBackwardShapes(_ recipe: LinearRecipe, tokens T: Int, inFeatures K: Int, outFeatures N: Int) throws {
+        func check(_ q: Quantizer?, rows: Int, cols: Int, _ what: String) throws {
+            guard let q else { return }
+            do { _ = try q.granularity.layout(rows: rows, cols: cols) } catch let e as FP4Error {
+                throw FP4Error.invalid("\(what): \(e.message)")
+            }
+        }
+        try check(recipe.gradient, rows: T, cols: N, "the backward quantizes dY [T, N] (out_features = \(N))")
+        if recipe.backwardGrouping == .reduction {
+            try check(recipe.inputGradientWeight, rows: K, cols: N,
+                      "the backward groups W along N (out_features = \(N)) for dX")
+        }
     }
 
     /// Quantizes X into the saved codes and scales (non-finite X throws).
@@ -228,22 +246,35 @@ public enum LinearLayer {
             try inputGradientRunsOnCodes(recipe: recipe)
                 && inputGradientOnCodes(dy: dy, tokens: T, outFeatures: N, w: w, inFeatures: K, recipe: recipe, dx: dx)
         } ?? false
+        // dW from dYᵀ and X_bᵀ re-grouped along T (rotated first under wgradHadamard).
+        let regroupedWeightGradient = recipe.wgradHadamard != nil || recipe.backwardGrouping == .reduction
         // Q_g(dY) in float32, for the simulated GEMMs that read it.
-        let needsGradient = dx != nil && !dxOnCodes || dw != nil && recipe.wgradHadamard == nil
+        let needsGradient = dx != nil && !dxOnCodes || dw != nil && !regroupedWeightGradient
         let gq = needsGradient ? try Operand(dy, rows: T, cols: N, quantizer: recipe.gradient, nonFinite: .propagate) : nil
 
         // W_q is recomputed, with the same scales the forward used (DGE needs them).
-        let needsForwardW = dx != nil && !dxOnCodes && recipe.reusesForwardWeight || dw != nil && recipe.dge != nil
+        let transposedW = recipe.backwardGrouping == .reduction
+        let needsForwardW = dx != nil && !dxOnCodes && recipe.reusesForwardWeight && !transposedW || dw != nil && recipe.dge != nil
         let wq = needsForwardW ? try Operand(w, rows: N, cols: K, quantizer: recipe.weight, nonFinite: .raise) : nil
         let wScales = wq?.scales
 
         if let dx, !dxOnCodes, let gq {
-            let wb: Operand
-            if recipe.reusesForwardWeight, let wq { wb = wq } else {
-                wb = try Operand(w, rows: N, cols: K, quantizer: recipe.inputGradientWeight, nonFinite: .raise)
+            if transposedW {
+                // W_b grouped along N: quantize Wᵀ [K, N]; dX = Q_g(dY)·(Q(Wᵀ))ᵀ.
+                let wt = Scratch(K * N)
+                transpose(w, rows: N, cols: K, into: wt.pointer)
+                let wb = try Operand(UnsafePointer(wt.pointer), rows: K, cols: N, quantizer: recipe.inputGradientWeight,
+                                     nonFinite: .raise)
+                BLAS.gemm(transA: false, transB: true, m: T, n: K, k: N, a: gq.pointer, b: wb.pointer, c: dx)
+                withExtendedLifetime((wt, wb)) {}
+            } else {
+                let wb: Operand
+                if recipe.reusesForwardWeight, let wq { wb = wq } else {
+                    wb = try Operand(w, rows: N, cols: K, quantizer: recipe.inputGradientWeight, nonFinite: .raise)
+                }
+                BLAS.gemm(transA: false, transB: false, m: T, n: K, k: N, a: gq.pointer, b: wb.pointer, c: dx)
+                withExtendedLifetime(wb) {}
             }
-            BLAS.gemm(transA: false, transB: false, m: T, n: K, k: N, a: gq.pointer, b: wb.pointer, c: dx)
-            withExtendedLifetime(wb) {}
         }
 
         if let dw {
@@ -264,8 +295,8 @@ public enum LinearLayer {
                 guard let x else { throw FP4Error.invalid("a float32-input recipe needs x in the backward") }
                 xOperand = x
             }
-            if let h = recipe.wgradHadamard {
-                try rotatedWeightGradient(dy: dy, x: xOperand, T: T, N: N, K: K, h: h,
+            if regroupedWeightGradient {
+                try rotatedWeightGradient(dy: dy, x: xOperand, T: T, N: N, K: K, h: recipe.wgradHadamard,
                                           gradient: recipe.gradient, input: recipe.savedInput, gemm: recipe.gemm, into: dw)
             } else if let gq {
                 BLAS.gemm(transA: true, transB: false, m: N, n: K, k: T, a: gq.pointer, b: xOperand, c: dw)
@@ -285,19 +316,24 @@ public enum LinearLayer {
         withExtendedLifetime((gq, wq)) {}
     }
 
-    /// dW = Q_g(dYᵀ·H_b) · Q_x(Xᵀ·H_b)ᵀ (see `WgradHadamard`): both operands transposed
-    /// into zero-padded [·, Tp] buffers, rotated blockwise along T, quantized (nil: float32).
-    /// With `gemm == .packed` and two FP4 quantizers, the product runs on their codes (unless
-    /// the rotated dY holds NaN/inf, which only the simulated path carries).
+    /// dW = Q_g(dYᵀ·H_b) · Q_x(Xᵀ·H_b)ᵀ (see `WgradHadamard`; without `h`, no rotation): both
+    /// operands transposed into zero-padded [·, Tp] buffers, rotated blockwise along T,
+    /// quantized with groups along T (nil: float32). Tp is T rounded up to the rotation block
+    /// and to the quantizers' blocks. With `gemm == .packed` and two FP4 quantizers, the
+    /// product runs on their codes (unless the rotated dY holds NaN/inf, which only the
+    /// simulated path carries).
     static func rotatedWeightGradient(dy: UnsafePointer<Float>, x: UnsafePointer<Float>, T: Int, N: Int, K: Int,
-                                      h: WgradHadamard, gradient: Quantizer?, input: Quantizer?, gemm: GEMMMode,
+                                      h: WgradHadamard?, gradient: Quantizer?, input: Quantizer?, gemm: GEMMMode,
                                       into dw: UnsafeMutablePointer<Float>) throws {
-        let tp = (T + h.block - 1) / h.block * h.block
-        let d = h.signs
+        var unit = h?.block ?? 1
+        for q in [gradient, input] {
+            if case .block(let n)? = q?.granularity { unit = lcm(unit, n) }
+        }
+        let tp = (T + unit - 1) / unit * unit
         if gemm == .packed, let qg = gradient, let qx = input, feedsPackedGEMM(qg), feedsPackedGEMM(qx),
            groupsNest(qg, qx, reduction: tp), N * tp > 0, K * tp > 0 {
-            let g = try rotatedTransposed(dy, T: T, rows: N, tp: tp, block: h.block, signs: d)
-            let xr = try rotatedTransposed(x, T: T, rows: K, tp: tp, block: h.block, signs: d)
+            let g = try rotatedTransposed(dy, T: T, rows: N, tp: tp, h: h)
+            let xr = try rotatedTransposed(x, T: T, rows: K, tp: tp, h: h)
             if let gc = try codesIfFinite(UnsafePointer(g.pointer), rows: N, cols: tp, qg) {
                 let xc = try CodedOperand(UnsafePointer(xr.pointer), rows: K, cols: tp, qx)
                 try gc.withOperand { a in try xc.withOperand { b in try PackedGEMM.multiply(a, b, into: dw) } }
@@ -306,7 +342,7 @@ public enum LinearLayer {
             }
         }
         func operand(_ src: UnsafePointer<Float>, rows: Int, _ q: Quantizer?, nonFinite: NonFinitePolicy) throws -> Scratch {
-            let a = try rotatedTransposed(src, T: T, rows: rows, tp: tp, block: h.block, signs: d)
+            let a = try rotatedTransposed(src, T: T, rows: rows, tp: tp, h: h)
             if let q, rows * tp > 0 {
                 try q.fakeQuantize(UnsafePointer(a.pointer), rows: rows, cols: tp, into: a.pointer, nonFinite: nonFinite)
             }
@@ -319,17 +355,19 @@ public enum LinearLayer {
     }
 
     /// srcᵀ [rows, tp] for src [T, rows], zero-padded along T and rotated blockwise along T
-    /// by diag(d)·H_block.
-    static func rotatedTransposed(_ src: UnsafePointer<Float>, T: Int, rows: Int, tp: Int, block: Int,
-                                  signs d: [Float]) throws -> Scratch {
+    /// by diag(d)·H_block (no rotation without `h`).
+    static func rotatedTransposed(_ src: UnsafePointer<Float>, T: Int, rows: Int, tp: Int,
+                                  h: WgradHadamard?) throws -> Scratch {
         let a = Scratch(rows * tp)
         if tp > T {
             for r in 0..<rows { (a.pointer + r * tp + T).initialize(repeating: 0, count: tp - T) }
         }
         transpose(src, rows: T, cols: rows, into: a.pointer, ldb: tp)
-        try d.withUnsafeBufferPointer { dp in
-            try Hadamard.transform(UnsafePointer(a.pointer), rows: rows, cols: tp, block: block,
-                                   signs: dp.baseAddress!, into: a.pointer)
+        if let h {
+            try h.signs.withUnsafeBufferPointer { dp in
+                try Hadamard.transform(UnsafePointer(a.pointer), rows: rows, cols: tp, block: h.block,
+                                       signs: dp.baseAddress!, into: a.pointer)
+            }
         }
         return a
     }
@@ -370,4 +408,11 @@ public enum LinearLayer {
             }
         }
     }
+}
+
+/// Least common multiple of two positive integers.
+func lcm(_ a: Int, _ b: Int) -> Int {
+    var (x, y) = (a, b)
+    while y != 0 { (x, y) = (y, x % y) }
+    return a / x * b
 }

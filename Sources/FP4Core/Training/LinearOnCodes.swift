@@ -32,10 +32,12 @@ extension LinearLayer {
     }
 
     /// Whether the input-gradient GEMM dX = Q_g(dY)·W_b runs on codes (it reduces along N, so
-    /// W_b's groups must run along N: block2d tiles, tensor scales).
+    /// W_b's groups must run along N: grouping along the reduction, or block2d tiles and tensor
+    /// scales, which are the same groups for W and Wᵀ).
     static func inputGradientRunsOnCodes(recipe: LinearRecipe) -> Bool {
         guard recipe.gemm == .packed, let qg = recipe.gradient, let qw = recipe.inputGradientWeight,
               feedsPackedGEMM(qg), feedsPackedGEMM(qw) else { return false }
+        if recipe.backwardGrouping == .reduction { return true }
         switch qw.granularity {
         case .block2d, .tensor: return true
         default: return false

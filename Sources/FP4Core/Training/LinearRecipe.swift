@@ -45,6 +45,19 @@ public struct WgradHadamard: Sendable, Equatable {
     }
 }
 
+/// Along which dimension the backward GEMMs' quantizers group their operands.
+public enum BackwardGrouping: Int, Sendable, CaseIterable {
+    /// As stored: dY [T, N], W [N, K] and the saved X [T, K] (the forward's groups).
+    case stored = 0
+    /// Along each backward GEMM's reduction dimension, as OCP MX training does:
+    /// dX = Q_g(dY)·Q_w(Wᵀ)ᵀ with dY and W grouped along N (Wᵀ [K, N] quantized);
+    /// dW = Q_g(dYᵀ)·Q_x(X_bᵀ)ᵀ with dYᵀ [N, T] and X_bᵀ [K, T] grouped along T, X_b decoded
+    /// from the saved codes and T zero-padded to a whole number of groups.
+    case reduction = 1
+
+    public var name: String { self == .stored ? "stored" : "reduction" }
+}
+
 /// The operand a backward GEMM uses for W (input-gradient GEMM) or X (weight-gradient GEMM).
 public enum BackwardOperand: Sendable {
     /// The forward's quantized operand: W_q recomputed, X_q from the saved codes.
@@ -75,11 +88,13 @@ public struct LinearRecipe: Sendable {
     public var backwardInput: BackwardOperand
     /// Where the GEMMs run: on packed codes where the operands allow it, or simulated.
     public var gemm: GEMMMode
+    /// Along which dimension the backward quantizers group dY, W_b and X_b.
+    public var backwardGrouping: BackwardGrouping
 
     public init(input: Quantizer? = nil, weight: Quantizer? = nil, gradient: Quantizer? = nil,
                 occ: OCCConfig? = nil, dge: DGEConfig? = nil, wgradHadamard: WgradHadamard? = nil,
                 backwardWeight: BackwardOperand = .forward, backwardInput: BackwardOperand = .forward,
-                gemm: GEMMMode = .packed) {
+                gemm: GEMMMode = .packed, backwardGrouping: BackwardGrouping = .stored) {
         self.input = input
         self.weight = weight
         self.gradient = gradient
@@ -89,6 +104,7 @@ public struct LinearRecipe: Sendable {
         self.backwardWeight = backwardWeight
         self.backwardInput = backwardInput
         self.gemm = gemm
+        self.backwardGrouping = backwardGrouping
     }
 
     /// The quantizer of W in the input-gradient GEMM (nil: float32).
