@@ -7,6 +7,16 @@ import Glibc
 /// Spec §4: the DGE derivative f' and the surrogate f. The reference is the spec's formula
 /// written out here in Double over the grid tables of TestSupport's SpecTable.
 final class DGETests: XCTestCase {
+    /// numerics.md §4: NaN in, NaN out, whatever the payload (the approximate log2/exp2 would
+    /// otherwise turn it into a tiny number).
+    func testNaNInNaNOut() throws {
+        let dge = try DGE(format: .e2m1, k: 5, clamp: 3)
+        for bits: UInt32 in [0x7FC0_0000, 0x7FC0_0001, 0xFFC0_0000, 0x7F80_0001, 0x7FFF_FFFF] {
+            XCTAssertTrue(dge.derivative(Float(bitPattern: bits)).isNaN, "payload \(bits)")
+        }
+        XCTAssertFalse(dge.derivative(1.25).isNaN)
+    }
+
 
     static let formats: [MiniFloatFormat] = [.e2m1, .e1m2, .e3m0]
 

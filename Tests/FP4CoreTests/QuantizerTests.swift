@@ -5,6 +5,18 @@ import Foundation
 /// Spec §2: fake quantization (v = x / s, q = round(v), x̂ = q·s) for every granularity,
 /// on a small matrix whose outputs are computed by hand in the comments.
 final class QuantizerTests: XCTestCase {
+    /// numerics.md §1: inside a quantizer e5m2 saturates like every format (the e8m0 floor
+    /// scale lets |v| reach (fmax, 2·fmax)); the bare codec keeps IEEE overflow.
+    func testE5M2SaturatesInsideQuantizers() throws {
+        let q = Quantizer(format: .e5m2, granularity: .row, scaleRule: .e8m0)
+        let (out, bad) = try q.fakeQuantize([1.9, 1, -0.5, 0.25], rows: 1, cols: 4)
+        XCTAssertEqual(bad, 0)
+        XCTAssertEqual(out, [1.75, 1, -0.5, 0.25])
+        let tiny = try Quantizer(format: .e5m2, granularity: .tensor, scaleRule: .absmax).fakeQuantize([1.95847e-40], rows: 1, cols: 1)
+        XCTAssertTrue(tiny.out[0].isFinite)
+        XCTAssertEqual(ElementCodec.of(.e5m2).encode(70000), 0x7C)  // +inf code
+    }
+
 
     /// 4 × 4, row-major. Every group amax of every granularity below is 6·2^k or 9·2^k,
     /// so every absmax scale (amax / 6) is exact and the ties are exact ties.

@@ -92,15 +92,17 @@ def uniforms(seed: int, n: int) -> np.ndarray:
 
 
 def round_magnitude_codes(a: np.ndarray, fmt: str, rounding: str = "nearest_even",
-                          u: Optional[np.ndarray] = None) -> np.ndarray:
+                          u: Optional[np.ndarray] = None, saturate: bool = False) -> np.ndarray:
     """Magnitude codes of finite magnitudes a >= 0 (float64), by table look-up.
 
-    Saturating formats clip to max first. e5m2 is IEEE-like: its grid continues with
+    Saturating formats clip to max first, and so does every format when `saturate` (inside a
+    quantizer, numerics.md §1). Otherwise e5m2 is IEEE-like: its grid continues with
     65536 = code 0x7C, which stands for +inf (so ties at 61440 go to inf, as in IEEE).
     """
     a = np.asarray(a, dtype=np.float64)
     mags = MAGS[fmt]
-    if SATURATES[fmt]:
+    saturating = SATURATES[fmt] or saturate
+    if saturating:
         a = np.minimum(a, mags[-1])
         ext = mags
     else:
@@ -127,7 +129,7 @@ def round_magnitude_codes(a: np.ndarray, fmt: str, rounding: str = "nearest_even
         raise ValueError(rounding)
     up &= ~on_grid
     out = np.where(up, hi_idx, idx)
-    if not SATURATES[fmt]:
+    if not saturating:
         out = np.where(a > ext[-1], last, out)
     return out.astype(np.int64)
 
@@ -340,7 +342,7 @@ def ref_quantize(x, fmt: str = "e2m1", granularity: str = "row", scale_rule: str
     zero_el = gs.zero[G]
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         v = np.where(finite & ~zero_el, v, np.float32(0))
-        mag = round_magnitude_codes(np.abs(v.astype(np.float64)), fmt, rounding, u)
+        mag = round_magnitude_codes(np.abs(v.astype(np.float64)), fmt, rounding, u, saturate=True)
         q = np.copysign(magnitude_values(mag, fmt).astype(np.float32), v)
         if scale_rule == "nvfp4":
             xhat = ((q * gs.scale[G]).astype(np.float32) / gs.tensor_scale).astype(np.float32)

@@ -324,11 +324,12 @@ def test_bad_format_and_dtype():
         f4.dge_derivative([0.5], k="5")
 
 
-def test_nan_input_does_not_crash():
-    # numerics.md §3: nothing aborts. f' of NaN is not specified; the call must return or raise cleanly.
-    try:
-        out = f4.dge_derivative(np.array([np.nan, 1.25], dtype=F32))
-    except ValueError:
-        return
-    assert out.shape == (2,)
-    np.testing.assert_allclose(out[1], ref_dge_derivative(np.array([1.25]))[0], rtol=1e-6)
+def test_nan_in_nan_out():
+    # numerics.md §4: f' (and the surrogate f) of NaN is NaN, whatever its payload; the rest is unaffected.
+    payloads = np.array([0x7FC00000, 0x7FC00001, 0xFFC00000, 0x7F800001, 0x7FFFFFFF], dtype=np.uint32).view(F32)
+    v = np.concatenate([payloads, np.array([1.25, -3.0], dtype=F32)])
+    for fmt in ("e2m1", "e1m2", "e3m0"):
+        out = f4.dge_derivative(v, fmt=fmt)
+        assert np.all(np.isnan(out[:5])), fmt
+        np.testing.assert_allclose(out[5:], ref_dge_derivative(v[5:], fmt), rtol=1e-6)
+        assert np.all(np.isnan(f4.dge_surrogate(v, fmt=fmt)[:5])), fmt

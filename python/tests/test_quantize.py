@@ -367,3 +367,19 @@ def test_scale_rule_properties(fmt, rng):
     r = amax / np.ldexp(1.0, b - 127)
     emax = f4.format_info(fmt).max_exponent
     assert np.all((r >= 2.0 ** emax) & (r < 2.0 ** (emax + 1)))
+
+
+def test_e5m2_saturates_inside_quantizers():
+    # numerics.md §1: a quantizer never turns a finite input into ±inf, e5m2 included (the e8m0
+    # floor scale lets |v| reach (fmax, 2·fmax); tiny absmax groups divide by a subnormal scale).
+    got = f4.fake_quantize(np.float32([[1.9, 1, -.5, .25]]), fmt="e5m2", granularity="row", scale_rule="e8m0")
+    np.testing.assert_array_equal(got, np.float32([[1.75, 1, -.5, .25]]))
+    assert np.isfinite(f4.fake_quantize(np.float32([[1.95847e-40]]), fmt="e5m2", scale_rule="absmax")).all()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((256, 64)).astype(np.float32)
+    for rule in ("e8m0", "absmax", "pow2"):
+        assert np.isfinite(f4.fake_quantize(x, fmt="e5m2", granularity="block", scale_rule=rule, block=32)).all()
+        q = f4.quantize(x, fmt="e5m2", granularity="block", scale_rule=rule, block=32)
+        assert not np.any((q.codes & 0x7F) >= 0x7C), rule  # no inf or NaN codes
+    # The bare codec keeps IEEE overflow, as ml_dtypes does.
+    assert np.isinf(f4.decode(f4.encode(np.float32([70000]), "e5m2"), "e5m2")).all()

@@ -34,7 +34,7 @@ extension Quantizer {
         guard thresholds.count >= (perRow ? rows : 1) else {
             throw FP4Error.invalid("OCC needs 1 threshold pair or one per row (\(rows)), got \(thresholds.count)")
         }
-        let enc = CodeWriter(grid: GridParameters(format), signBit: UInt8(format.signBit),
+        let enc = CodeWriter(grid: GridParameters(format, saturating: true), signBit: UInt8(format.signBit),
                              infCode: Int32(format.infMagnitudeCode ?? format.maxFiniteMagnitudeCode))
         let perRowTh = perRow && thresholds.count > 1
         ts.groups.withUnsafeMutableBufferPointer { gp in

@@ -26,7 +26,7 @@ extension Quantizer {
             }
         }
         withRounder(Run(q: self, x: x, codes: codes, ts: ts, fake: dequantized,
-                        enc: CodeWriter(grid: GridParameters(format), signBit: signBit, infCode: infCode),
+                        enc: CodeWriter(grid: GridParameters(format, saturating: true), signBit: signBit, infCode: infCode),
                         fp4: rounding == .nearestEven ? FP4NearestEven.forPackedCodes(format) : nil))
         return ts
     }

@@ -118,7 +118,8 @@ protocol RounderVisitor {
 
 extension Quantizer {
     func withRounder<V: RounderVisitor>(_ v: V) -> V.Result {
-        let grid = GridParameters(format)
+        // Inside a quantizer every format saturates (e5m2 included), numerics.md §1.
+        let grid = GridParameters(format, saturating: true)
         switch rounding {
         case .nearestEven:
             // The format's entry of the kernel table (Kernels/KernelTable.swift).

@@ -57,11 +57,13 @@ public struct GridParameters: Sendable {
     /// Rounded values above this become +inf: max for IEEE-like formats, +inf otherwise.
     public let overflowLimit: Float
 
-    public init(_ f: MiniFloatFormat) {
+    /// `saturating`: round to ±max above the range even for a format with infinity (e5m2), as
+    /// every quantizer does (numerics.md §1: "satfinite"); the bare element codec keeps IEEE overflow.
+    public init(_ f: MiniFloatFormat, saturating: Bool = false) {
         manBits = Int32(f.manBits)
         minExponent = Int32(f.minExponent)
         maxValue = f.maxValue
-        saturates = f.overflow == .saturate
+        saturates = saturating || f.overflow == .saturate
         clampLimit = saturates ? maxValue : .infinity
         overflowLimit = saturates ? .infinity : maxValue
     }

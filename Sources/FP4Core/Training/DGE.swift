@@ -110,7 +110,8 @@ struct DGEKernel {
         let t = abs(2 * (m - lo) / delta - 1)
         // (1/k)·|t|^(1/k − 1), clamped; t = 0 (interval midpoint) is taken separately.
         let d = Swift.min(exp2Approx(exponent * log2Approx(t)) / k, clamp)
-        return a > fmax ? 0 : (t == 0 ? atMidpoint : d)
+        // NaN in, NaN out (numerics.md §4): the bit tricks above would turn it into a number.
+        return a > fmax ? 0 : (t == 0 ? atMidpoint : (a.isNaN ? v : d))
     }
 
     func surrogate(_ v: Float) -> Float {
@@ -119,7 +120,7 @@ struct DGEKernel {
         let t = 2 * (a - lo) / delta - 1
         let p = t == 0 ? 0 : exp2Approx(log2Approx(abs(t)) / k)
         let f = (delta / 2) * (1 + (t < 0 ? -p : p))
-        return withSign(of: v, lo + f)
+        return v.isNaN ? v : withSign(of: v, lo + f)
     }
 
     /// out[i] = f'(v[i]) for i in 0..<n (constants read into locals first: see `derivative`).
