@@ -147,4 +147,116 @@ final class QuartetKernelTests: XCTestCase {
         QuartetKernels.maskAndUnrotate(&out, rows: rows, cols: cols, mask: mask)
         XCTAssertEqual(bits(out), bits(ref), "seed \(s)")
     }
+
+    /// The rotated, zero-padded operand A·H_b [rows, colsPadded] of the general path.
+    func rotatedPadded(_ a: [Float], rows: Int, cols: Int, signs: [Float]) throws -> [Float] {
+        let cp = (cols + 31) / 32 * 32
+        var p = [Float](repeating: 0, count: rows * cp)
+        for r in 0..<rows { for c in 0..<cols { p[r * cp + c] = a[r * cols + c] } }
+        var h = [Float](repeating: 0, count: rows * cp)
+        try signs.withUnsafeBufferPointer { d in
+            try Hadamard.transform(p, rows: rows, cols: cp, signs: d.baseAddress!, into: &h)
+        }
+        return h
+    }
+
+    /// The code outputs (packed GEMM operands) hold the general path's codes and scales
+    /// (`Quantizer.quantize` of the rotated operand), and decode to the float outputs bit for
+    /// bit; a non-finite group is reported instead.
+    func testGradientOperandCodesMatchTheGeneralPathAndTheFloats() throws {
+        var (rng, s) = TestRNG.fresh()
+        let signs = QuartetLinear.signs(seed: s, call: 5)
+        let key = UInt64.random(in: 0...UInt64.max, using: &rng)
+        let q = QuartetLinear.backwardQuantizer(seed: key)
+        let table = ElementCodec.of(.e2m1).decodeTable
+        func decode(_ codes: [UInt8], _ scales: [Float], count: Int) -> [Float] {
+            (0..<count).map { i in table[Int(codes[i / 2] >> UInt8(4 * (i & 1))) & 15] * scales[i / 32] }
+        }
+        for (rows, cols) in [(5, 64), (37, 45), (3, 7), (33, 96), (64, 40)] {
+            var a = awkward(rows: 1, cols: (rows * cols + 31) / 32 * 32, &rng)
+            a.removeLast(a.count - rows * cols)
+            // Along the rows: [rows, colsPadded].
+            let cp = (cols + 31) / 32 * 32, n = rows * cp
+            let h = try rotatedPadded(a, rows: rows, cols: cols, signs: signs)
+            var refCodes = [UInt8](repeating: 0, count: n / 2)
+            let ts = try q.quantize(h, rows: rows, cols: cp, codes: &refCodes)
+            var codes = [UInt8](repeating: 0xAA, count: n / 2), scales = [Float](repeating: .nan, count: n / 32)
+            var floats = [Float](repeating: 0, count: n)
+            let sb = signs.withUnsafeBufferPointer { Block32($0.baseAddress!) }
+            let ok = codes.withUnsafeMutableBufferPointer { c in
+                scales.withUnsafeMutableBufferPointer { sc in
+                    QuartetKernels.gradientRows(a, rows: rows, cols: cols, signs: sb, key: CounterRNG.key(seed: key),
+                                                output: QuartetKernels.RowsAsCodes(codes: c.baseAddress!, scales: sc.baseAddress!))
+                }
+            }
+            QuartetKernels.gradientRows(a, rows: rows, cols: cols, signs: sb, key: CounterRNG.key(seed: key), into: &floats)
+            XCTAssertTrue(ok)
+            XCTAssertEqual(codes, refCodes, "rows, \(rows)x\(cols), seed \(s)")
+            XCTAssertEqual(bits(scales), bits(ts.groups.map(\.scale)), "rows, \(rows)x\(cols), seed \(s)")
+            XCTAssertEqual(bits(decode(codes, scales, count: n)), bits(floats), "rows, \(rows)x\(cols), seed \(s)")
+            // Down the columns: Q_b(Aᵀ·H_b) [cols, rowsPadded], row-major codes.
+            var at = [Float](repeating: 0, count: rows * cols)
+            for r in 0..<rows { for c in 0..<cols { at[c * rows + r] = a[r * cols + c] } }
+            let rp = (rows + 31) / 32 * 32, nT = cols * rp
+            let hT = try rotatedPadded(at, rows: cols, cols: rows, signs: signs)
+            var refT = [UInt8](repeating: 0, count: nT / 2)
+            let tsT = try q.quantize(hT, rows: cols, cols: rp, codes: &refT)
+            var codesT = [UInt8](repeating: 0x55, count: nT / 2), scalesT = [Float](repeating: .nan, count: nT / 32)
+            var floatsT = [Float](repeating: 0, count: nT)
+            let okT = a.withUnsafeBufferPointer { ap in
+                signs.withUnsafeBufferPointer { d in
+                    codesT.withUnsafeMutableBufferPointer { c in
+                        scalesT.withUnsafeMutableBufferPointer { sc in
+                            QuartetKernels.verticalOperand(QuartetKernels.MatrixRows(a: ap.baseAddress!, rows: rows, cols: cols),
+                                                           rows: rows, cols: cols, signs: d.baseAddress!,
+                                                           key: CounterRNG.key(seed: key),
+                                                           output: QuartetKernels.ColumnsAsCodes(codes: c.baseAddress!,
+                                                                                                 scales: sc.baseAddress!))
+                        }
+                    }
+                }
+            }
+            let okF = a.withUnsafeBufferPointer { ap in
+                signs.withUnsafeBufferPointer { d in
+                    QuartetKernels.verticalOperand(QuartetKernels.MatrixRows(a: ap.baseAddress!, rows: rows, cols: cols),
+                                                   rows: rows, cols: cols, signs: d.baseAddress!,
+                                                   key: CounterRNG.key(seed: key), into: &floatsT)
+                }
+            }
+            XCTAssertTrue(okT && okF)
+            XCTAssertEqual(codesT, refT, "columns, \(rows)x\(cols), seed \(s)")
+            XCTAssertEqual(bits(scalesT), bits(tsT.groups.map(\.scale)), "columns, \(rows)x\(cols), seed \(s)")
+            let decodedT = decode(codesT, scalesT, count: nT)
+            for c in 0..<cols {
+                for t in 0..<rp {
+                    XCTAssertEqual(decodedT[c * rp + t].bitPattern, floatsT[t * cols + c].bitPattern,
+                                   "columns, \(rows)x\(cols) at [\(c), \(t)], seed \(s)")
+                }
+            }
+            // A non-finite element: both code outputs report it.
+            var bad = a
+            bad[rows * cols / 2] = .nan
+            var scratch = [UInt8](repeating: 0, count: Swift.max(n, nT) / 2), sc = [Float](repeating: 0, count: Swift.max(n, nT) / 32)
+            let rowsOK = scratch.withUnsafeMutableBufferPointer { c in
+                sc.withUnsafeMutableBufferPointer { scp in
+                    QuartetKernels.gradientRows(bad, rows: rows, cols: cols, signs: sb, key: 1,
+                                                output: QuartetKernels.RowsAsCodes(codes: c.baseAddress!, scales: scp.baseAddress!))
+                }
+            }
+            let colsOK = bad.withUnsafeBufferPointer { ap in
+                signs.withUnsafeBufferPointer { d in
+                    scratch.withUnsafeMutableBufferPointer { c in
+                        sc.withUnsafeMutableBufferPointer { scp in
+                            QuartetKernels.verticalOperand(QuartetKernels.MatrixRows(a: ap.baseAddress!, rows: rows, cols: cols),
+                                                           rows: rows, cols: cols, signs: d.baseAddress!, key: 1,
+                                                           output: QuartetKernels.ColumnsAsCodes(codes: c.baseAddress!,
+                                                                                                 scales: scp.baseAddress!))
+                        }
+                    }
+                }
+            }
+            XCTAssertFalse(rowsOK)
+            XCTAssertFalse(colsOK)
+        }
+    }
 }

@@ -10,7 +10,7 @@ final class QuartetLinearTests: XCTestCase {
         return ab / (aa * bb).squareRoot()
     }
 
-    func run(T: Int, K: Int, N: Int, seed: UInt64, call: UInt64, _ rng: inout TestRNG)
+    func run(T: Int, K: Int, N: Int, seed: UInt64, call: UInt64, gemm: GEMMMode = .simulated, _ rng: inout TestRNG)
         throws -> (x: [Float], w: [Float], dy: [Float], y: [Float], dx: [Float], dw: [Float], db: [Float]) {
         let x = (0..<(T * K)).map { _ in Float.random(in: -1...1, using: &rng) }
         let w = (0..<(N * K)).map { _ in Float.random(in: -1...1, using: &rng) }
@@ -21,9 +21,9 @@ final class QuartetLinearTests: XCTestCase {
         var y = [Float](repeating: 0, count: T * N), dx = [Float](repeating: 0, count: T * K)
         var dw = [Float](repeating: 0, count: N * K), db = [Float](repeating: 0, count: N)
         try QuartetLinear.forward(x: x, tokens: T, inFeatures: K, w: w, outFeatures: N, bias: nil, y: &y,
-                                  xCodes: &codes, xScales: &scales, xMask: &mask)
+                                  xCodes: &codes, xScales: &scales, xMask: &mask, gemm: gemm)
         try QuartetLinear.backward(dy: dy, tokens: T, outFeatures: N, w: w, inFeatures: K, xCodes: codes, xScales: scales,
-                                   xMask: mask, seed: seed, call: call, dx: &dx, dw: &dw, db: &db)
+                                   xMask: mask, seed: seed, call: call, dx: &dx, dw: &dw, db: &db, gemm: gemm)
         return (x, w, dy, y, dx, dw, db)
     }
 
@@ -88,5 +88,60 @@ final class QuartetLinearTests: XCTestCase {
             XCTAssertEqual(Double(dw[n * K + k]), s, accuracy: 1e-5, "seed \(seed)")
         } }
         assertThrowsFP4Error(.invalidArgument, try LinearRecipe(wgradHadamard: WgradHadamard(block: 12)).validate())
+    }
+
+    /// gemm = .packed: the same layer up to the GEMMs' float rounding (the bounds against the
+    /// float64 products of the quantized operands: test_quartet.py), bit-identical for every
+    /// GEMM path and thread count.
+    func testPackedGEMMsAgreeWithSimulatedAndAreThreadAndPathIndependent() throws {
+        let (_, seed) = TestRNG.fresh()
+        let T = 40, K = 64, N = 24  // T and N not multiples of 32
+        var a = TestRNG(seed: seed)
+        let sim = try run(T: T, K: K, N: N, seed: 3, call: 11, gemm: .simulated, &a)
+        var outs: [[[Float]]] = []
+        defer { unsetenv(PackedGEMM.pathVariable) }
+        for threads in [1, 2] {
+            for path in GEMMPath.allCases where path.isSupported {
+                setenv(PackedGEMM.pathVariable, path.name, 1)
+                var b = TestRNG(seed: seed)
+                let r = try withThreadCount(threads) { try run(T: T, K: K, N: N, seed: 3, call: 11, gemm: .packed, &b) }
+                outs.append([r.y, r.dx, r.dw, r.db])
+            }
+        }
+        for o in outs.dropFirst() {
+            for (u, v) in zip(outs[0], o) { assertBitwiseEqual(u, v, "seed \(seed)") }
+        }
+        // Close to the simulated layer (operands in [-1, 1]: Σ|a·b| is at most a few hundred).
+        let packed = outs[0]
+        for (p, s) in zip(packed, [sim.y, sim.dx, sim.dw, sim.db]) {
+            let scale = s.map { abs($0) }.max() ?? 1
+            for i in 0..<p.count { XCTAssertEqual(p[i], s[i], accuracy: 1e-5 * Swift.max(scale, 1), "seed \(seed)") }
+        }
+        assertBitwiseEqual(packed[3], sim.db, "seed \(seed)")
+    }
+
+    /// NaN in dY cannot be coded: the packed backward gives the simulated results.
+    func testPackedBackwardWithNaNGradientRunsSimulated() throws {
+        let T = 33, K = 32, N = 40
+        var x = [Float](repeating: 0.5, count: T * K), w = [Float](repeating: -0.25, count: N * K)
+        for i in 0..<x.count { x[i] = Float(i % 7) - 3 }
+        for i in 0..<w.count { w[i] = Float(i % 5) * 0.1 }
+        var dy = [Float](repeating: 1, count: T * N)
+        dy[17] = .nan
+        let s = try QuartetLinear.savedSizes(tokens: T, inFeatures: K)
+        var codes = [UInt8](repeating: 0, count: s.codes), scales = [Float](repeating: 0, count: s.scales)
+        var mask = [UInt8](repeating: 0, count: s.mask), y = [Float](repeating: 0, count: T * N)
+        try QuartetLinear.forward(x: x, tokens: T, inFeatures: K, w: w, outFeatures: N, bias: nil, y: &y,
+                                  xCodes: &codes, xScales: &scales, xMask: &mask, gemm: .packed)
+        var results: [[Float]] = []
+        for gemm in [GEMMMode.packed, .simulated] {
+            var dx = [Float](repeating: 0, count: T * K), dw = [Float](repeating: 0, count: N * K)
+            try QuartetLinear.backward(dy: dy, tokens: T, outFeatures: N, w: w, inFeatures: K, xCodes: codes, xScales: scales,
+                                       xMask: mask, seed: 1, call: 2, dx: &dx, dw: &dw, db: nil, gemm: gemm)
+            results += [dx, dw]
+        }
+        assertBitwiseEqual(results[0], results[2])
+        assertBitwiseEqual(results[1], results[3])
+        XCTAssertTrue(results[0].contains { $0.isNaN })
     }
 }

@@ -198,3 +198,132 @@ def test_torch_layer_runs_quartet():
     y.sum().backward()
     assert x.grad.shape == x.shape and lin.weight.grad.shape == lin.weight.shape
     assert torch.isfinite(x.grad).all() and torch.isfinite(lin.weight.grad).all()
+
+
+# --- gemm="packed": the three GEMMs on packed codes (numerics.md §11) -------------------------
+
+U = 2.0 ** -24
+PACKED_SHAPES = [((64, 64), 32), ((40, 96), 24), ((33, 64), 70), ((100, 160), 45), ((7, 32), 5), ((2, 5, 64), 33)]
+
+
+def _quartet_pair(seed=0):
+    r = f4.Recipe.get("quartet").replace(seed=seed)
+    return r.replace(gemm="packed"), r.replace(gemm="simulated")
+
+
+def _abs_unrotate(v):
+    """v·|H| blockwise along the last axis: bounds |(e ⊙ m)·Hᵀ| for |e| ≤ v (|H_ij| = 1/√32)."""
+    return (v.reshape(-1, 32) @ np.abs(H32)).reshape(v.shape)
+
+
+def _gemm_bound(a, b, groups):
+    """Per element of a·bᵀ (float64 operands): the packed bound of §11, (G + 5)·2⁻²⁴·Σ|a·b|, and
+    the packed-vs-simulated bound, that plus sgemm's own R·2⁻²⁴·Σ|a·b| (R = reduction length)."""
+    s = np.abs(a) @ np.abs(b).T
+    return (groups + 5) * U * s, (groups + 5 + a.shape[1]) * U * s, s
+
+
+def _packed_and_simulated(x, w, b, dy, seed=0):
+    packed, simulated = _quartet_pair(seed)
+    yp, sp = f4.linear_forward(x, w, b, packed)
+    ys, ss = f4.linear_forward(x, w, b, simulated)
+    saved_same = (sp.x_codes.tobytes() == ss.x_codes.tobytes() and sp.x_scales.tobytes() == ss.x_scales.tobytes()
+                  and sp.x_mask.tobytes() == ss.x_mask.tobytes())
+    ss.call = sp.call  # the same backward draws
+    gp = f4.linear_backward(dy, sp)
+    gs = f4.linear_backward(dy, ss)
+    return (yp, *gp), (ys, *gs), saved_same, sp.call
+
+
+@pytest.mark.parametrize("x_shape,N", PACKED_SHAPES)
+def test_packed_gemms_multiply_the_simulated_operands(x_shape, N):
+    """gemm="packed" multiplies exactly the quantized operands of gemm="simulated" (RefQuartet
+    rebuilds them in float64; test_matches_reference checks them against the simulated layer):
+    each GEMM is within the packed bound of §11 of their float64 product, and within that plus
+    sgemm's own rounding of the simulated layer. T, N and K = 32·m cover multiples of 32 and
+    not (zero padding of T and N in the backward)."""
+    rng = np.random.default_rng(sum(x_shape) * 7 + N)
+    x, w, b, dy = make(rng, x_shape, N)
+    seed = 77
+    (yp, dxp, dwp, dbp), (ys, dxs, dws, dbs), saved_same, call = _packed_and_simulated(x, w, b, dy, seed)
+    assert saved_same  # X_q codes, scales and m_x do not depend on the GEMM mode
+    assert dbp.tobytes() == dbs.tobytes()
+    ref = RefQuartet(x, w, b)
+    T, K = ref.X.shape
+    # Forward: Y = X_q·W_qᵀ + b; two more roundings for the bias (before or after the product).
+    xq, wq = ref.xq.astype(np.float64), ref.wq.astype(np.float64)
+    tight, loose, s = _gemm_bound(xq, wq, K // 32)
+    exact = xq @ wq.T + b
+    bias = 2 * U * (s + np.abs(b))
+    assert np.all(np.abs(yp.reshape(T, N) - exact) <= tight + bias)
+    assert np.all(np.abs(yp.reshape(T, N).astype(np.float64) - ys.reshape(T, N)) <= loose + bias)
+    # Backward operands (float64, exactly the simulated layer's): A [T, Np], B [K, Np], C [N, Tp], E [K, Tp].
+    d = signs(seed, call)
+    D = dy.reshape(T, N)
+    A = ref.qb(D, d, key(seed, call, 1))
+    B = ref.qb(np.ascontiguousarray(ref.wq.T), d, key(seed, call, 2))
+    C = ref.qb(np.ascontiguousarray(D.T), d, key(seed, call, 3))
+    E = ref.qb(np.ascontiguousarray(ref.xq.T), d, key(seed, call, 4))
+    for (got, sim, a_op, b_op, mask) in ((dxp.reshape(T, K), dxs.reshape(T, K), A, B, ref.mx),
+                                         (dwp, dws, C, E, ref.mw)):
+        tight, loose, s = _gemm_bound(a_op, b_op, a_op.shape[1] // 32)
+        g = (a_op @ b_op.T) * mask
+        # The mask is exact; the un-rotation (5 butterfly stages and the 1/√32) rounds each of
+        # the two results by at most 6·2⁻²⁴ of Σ|terms| (≤ |H|·(s ⊙ m)).
+        rot = 6 * U * _abs_unrotate(s * mask)
+        assert np.all(np.abs(got - unrotate(g)) <= _abs_unrotate(tight * mask) + rot)
+        assert np.all(np.abs(got.astype(np.float64) - sim) <= _abs_unrotate(loose * mask) + 2 * rot)
+
+
+def test_packed_is_thread_count_and_path_independent(monkeypatch):
+    rng = np.random.default_rng(11)
+    x, w, b, dy = make(rng, (70, 96), 40)
+    packed, _ = _quartet_pair(5)
+
+    def run():
+        y, saved = f4.linear_forward(x, w, b, packed)
+        saved.call = 1234
+        return (y, *f4.linear_backward(dy, saved))
+
+    before = f4.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2):
+            f4.set_num_threads(threads)
+            for path in f4.gemm_paths():
+                monkeypatch.setenv("FP4SWIFT_GEMM_ISA", path)
+                outs.append(((threads, path), run()))
+    finally:
+        f4.set_num_threads(before)
+    assert len(outs) >= 2
+    for (key0, o) in outs[1:]:
+        for u, v in zip(outs[0][1], o):
+            assert u.tobytes() == v.tobytes(), key0
+
+
+def test_packed_backward_with_nan_gradient_matches_simulated():
+    """NaN/inf in dY cannot be coded: the packed backward runs simulated and propagates them."""
+    rng = np.random.default_rng(12)
+    x, w, b, dy = make(rng, (40, 64), 48)
+    dy[3, 5] = np.nan
+    dy[20, 40] = np.inf
+    (yp, dxp, dwp, dbp), (ys, dxs, dws, dbs), _, _ = _packed_and_simulated(x, w, b, dy)
+    for p, s in ((dxp, dxs), (dwp, dws), (dbp, dbs)):
+        assert p.tobytes() == s.tobytes()
+    assert np.isnan(dxp).any() and np.isnan(dwp).any()
+
+
+def test_packed_quartet_bad_input_and_empty_batch():
+    packed, _ = _quartet_pair()
+    x = np.ones((4, 32), F32)
+    x[1, 2] = np.inf
+    with pytest.raises(f4.NonFiniteError):
+        f4.linear_forward(x, np.ones((8, 32), F32), None, packed)
+    w = np.ones((8, 32), F32)
+    w[3, 3] = np.nan
+    with pytest.raises(f4.NonFiniteError):
+        f4.linear_forward(np.ones((4, 32), F32), w, None, packed)
+    y, saved = f4.linear_forward(np.zeros((0, 32), F32), np.ones((8, 32), F32), np.ones(8, F32), packed)
+    assert y.shape == (0, 8)
+    dx, dw, db = f4.linear_backward(np.zeros((0, 8), F32), saved)
+    assert dx.shape == (0, 32) and np.all(dw == 0) and np.all(db == 0)

@@ -1,6 +1,11 @@
 /// The backward kernels of `QuartetLinear`: Q_b (e2m1, absmax_div3 scales, stochastic
 /// rounding) of operands rotated by diag(d)·H, built in one pass each, and the clip-mask +
 /// un-rotation of the GEMM results. Same bits as the general path (see QuestKernels.swift).
+///
+/// Each operand can be emitted as float32 x̂ (the simulated GEMMs' sgemm operands) or as
+/// packed e2m1 codes + one float scale per group (the packed GEMMs' operands, numerics.md §11):
+/// the output is a type parameter (`GradientRowsOutput`, `VerticalOutput`), the rounding
+/// (`stochasticEncode`) and the draws are the same code for both, so codes × scales are x̂.
 extension QuartetKernels {
 
     @inline(__always) static var gamma: UInt64 { CounterRNG.gamma }
@@ -11,9 +16,12 @@ extension QuartetKernels {
         uniformsFromCounters(SIMD8<UInt64>(repeating: base) &+ (SIMD8<UInt64>(0, 1, 2, 3, 4, 5, 6, 7) &+ k) &* gamma)
     }
 
-    /// e2m1 stochastic rounding of v = x / s (`roundStochastic`), back to x̂ = q·s.
+    /// e2m1 stochastic rounding of v = x / s (`roundStochastic`): the code (sign bit 8 | k + 2e
+    /// for k = fl + up grid steps of binade e, as `E2M1Kernel.encode`) and x̂ = q·s. Callers that
+    /// use only one of the two get the other's instructions removed by the optimizer.
     @inline(__always)
-    static func stochasticLanes(_ x: SIMD8<Float>, _ s: SIMD8<Float>, _ u: SIMD8<Float>) -> SIMD8<Float> {
+    static func stochasticEncode(_ x: SIMD8<Float>, _ s: SIMD8<Float>, _ u: SIMD8<Float>)
+        -> (code: SIMD8<UInt32>, xhat: SIMD8<Float>) {
         let v = x / s
         let a = minNonNegative(magnitude(v), fmax)
         let e = binade(a)
@@ -21,45 +29,117 @@ extension QuartetKernels {
         let fl = floorNonNegative(q)
         // fl + (q − fl > u ? 1 : 0); q − fl and u lie in [0, 1).
         let up = float(lessMask(bits(u), bits(q - fl)) & Float(1).bitPattern)
-        return withSign(v, (fl + up) * toValue(e)) * s
+        let k = fl + up  // 0 ... 4, an integer
+        // k + 2^23 holds k in its low mantissa bits (exact).
+        let code = (bits(k + SIMD8<Float>(repeating: 0x1p23)) & 7) &+ (uint(e) &<< 1) | ((bits(v) & 0x8000_0000) &>> 28)
+        return (code, withSign(v, k * toValue(e)) * s)
+    }
+
+    /// x̂ of `stochasticEncode`.
+    @inline(__always)
+    static func stochasticLanes(_ x: SIMD8<Float>, _ s: SIMD8<Float>, _ u: SIMD8<Float>) -> SIMD8<Float> {
+        stochasticEncode(x, s, u).xhat
+    }
+
+    /// Codes of ±0 with the signs of x (a zero group: `Quantizer` writes the sign bit alone).
+    @inline(__always)
+    static func signCodes(_ x: SIMD8<Float>) -> SIMD8<UInt32> { (bits(x) &>> 28) & signBit }
+
+    /// Q_b of one rotated block: x̂, and the same values as codes + scale.
+    struct Gradient {
+        /// x̂ = q·s (NaN for a non-finite group).
+        var xhat: Block32
+        /// 32 codes packed two per byte (element 2i low nibble), as four little-endian words.
+        var codes: SIMD4<UInt32>
+        /// The group's scale (1 for a zero group, as `ScaleRule.groupScale`).
+        var scale: Float
+        /// False when the block held NaN or ±inf (codes and scale are then meaningless).
+        var finite: Bool
     }
 
     /// Q_b (e2m1, absmax_div3, stochastic with the draws of flat indices index ..< index + 32
     /// under `key`, NaN for a non-finite group) of one rotated block.
     @inline(__always)
-    static func quantizeGradient(_ x: Block32, key: UInt64, index: Int) -> Block32 {
+    static func quantizeGradientBlock(_ x: Block32, key: UInt64, index: Int) -> Gradient {
         let amax = amaxBits(x)
         if amax >= 0x7F80_0000 {
             let nan = SIMD8<Float>(repeating: .nan)
-            return Block32(nan, nan, nan, nan)
+            return Gradient(xhat: Block32(nan, nan, nan, nan), codes: .zero, scale: 1, finite: false)
         }
         // ScaleRule.absmaxDiv3: s = 2^floor(log2 amax) / 3; amax 0 or s 0: a zero group.
         let scale = amax == 0 ? 0 : ScaleRule.absmaxDiv3Scale(amax: Float(bitPattern: amax))
         if !(scale > 0) {
             let z = SIMD8<Float>(repeating: 0)
-            return Block32(x.v0 * z, x.v1 * z, x.v2 * z, x.v3 * z)
+            return Gradient(xhat: Block32(x.v0 * z, x.v1 * z, x.v2 * z, x.v3 * z),
+                            codes: SIMD4(packLanes(signCodes(x.v0), step: 4), packLanes(signCodes(x.v1), step: 4),
+                                         packLanes(signCodes(x.v2), step: 4), packLanes(signCodes(x.v3), step: 4)),
+                            scale: 1, finite: true)
         }
         let s = SIMD8<Float>(repeating: scale)
         let base = key &+ (UInt64(bitPattern: Int64(index)) &+ 1) &* gamma
-        return Block32(stochasticLanes(x.v0, s, uniforms(base, 0)), stochasticLanes(x.v1, s, uniforms(base, 8)),
-                       stochasticLanes(x.v2, s, uniforms(base, 16)), stochasticLanes(x.v3, s, uniforms(base, 24)))
+        let r0 = stochasticEncode(x.v0, s, uniforms(base, 0)), r1 = stochasticEncode(x.v1, s, uniforms(base, 8))
+        let r2 = stochasticEncode(x.v2, s, uniforms(base, 16)), r3 = stochasticEncode(x.v3, s, uniforms(base, 24))
+        return Gradient(xhat: Block32(r0.xhat, r1.xhat, r2.xhat, r3.xhat),
+                        codes: SIMD4(packLanes(r0.code, step: 4), packLanes(r1.code, step: 4),
+                                     packLanes(r2.code, step: 4), packLanes(r3.code, step: 4)),
+                        scale: scale, finite: true)
+    }
+
+    /// x̂ of `quantizeGradientBlock`.
+    @inline(__always)
+    static func quantizeGradient(_ x: Block32, key: UInt64, index: Int) -> Block32 {
+        quantizeGradientBlock(x, key: key, index: index).xhat
+    }
+
+    /// Where `gradientRows` puts the Q_b block at flat index `index` of the padded operand.
+    protocol GradientRowsOutput {
+        func store(_ q: Gradient, at index: Int)
+    }
+
+    /// x̂ as float32 [rows, colsPadded].
+    struct RowsAsFloats: GradientRowsOutput {
+        let out: UnsafeMutablePointer<Float>
+        @inline(__always) func store(_ q: Gradient, at index: Int) { q.xhat.store(out + index) }
+    }
+
+    /// Packed codes of [rows, colsPadded] and one scale per 32-group (`GroupLayout` order).
+    struct RowsAsCodes: GradientRowsOutput {
+        let codes: UnsafeMutablePointer<UInt8>, scales: UnsafeMutablePointer<Float>
+        @inline(__always) func store(_ q: Gradient, at index: Int) {
+            storeCodes(q.codes, codes + index / 2)
+            scales[index / QuartetKernels.block] = q.scale
+        }
     }
 
     /// Q_b(A·H_b) for A [rows, cols] into out [rows, colsPadded] (zero columns up to a
     /// multiple of 32; draw index = flat index in out).
     static func gradientRows(_ a: UnsafePointer<Float>, rows: Int, cols: Int, signs: Block32, key: UInt64,
                              into out: UnsafeMutablePointer<Float>) {
+        _ = gradientRows(a, rows: rows, cols: cols, signs: signs, key: key, output: RowsAsFloats(out: out))
+    }
+
+    /// `gradientRows` into any output; false when some group held NaN or ±inf (the float
+    /// output then holds NaN there, the code output nothing meaningful).
+    static func gradientRows<O: GradientRowsOutput>(_ a: UnsafePointer<Float>, rows: Int, cols: Int, signs: Block32,
+                                                    key: UInt64, output: O) -> Bool {
         let b = QuartetKernels.block
         let cp = (cols + b - 1) / b * b, full = cols / b
-        guard rows > 0, cp > 0 else { return }
+        guard rows > 0, cp > 0 else { return true }
         let grain = Parallel.grain(count: rows, minItems: Swift.max(1, 16384 / cp))
+        let chunks = (rows + grain - 1) / grain
+        let bad = UnsafeMutablePointer<Bool>.allocate(capacity: chunks)
+        bad.initialize(repeating: false, count: chunks)
+        defer { bad.deallocate() }
         Parallel.forChunks(count: rows, grain: grain) { range in
             var tail = Block32(.zero, .zero, .zero, .zero)
+            var ok = true
             for r in range {
-                let src = a + r * cols, dst = out + r * cp
+                let src = a + r * cols
                 for j in 0..<full {
-                    quantizeGradient(Hadamard.rotate32(Block32(src + j * b), signs: signs, norm: norm),
-                                     key: key, index: r * cp + j * b).store(dst + j * b)
+                    let q = quantizeGradientBlock(Hadamard.rotate32(Block32(src + j * b), signs: signs, norm: norm),
+                                                  key: key, index: r * cp + j * b)
+                    if !q.finite { ok = false }
+                    output.store(q, at: r * cp + j * b)
                 }
                 if full * b < cols {
                     withUnsafeMutableBytes(of: &tail) { raw in
@@ -67,11 +147,16 @@ extension QuartetKernels {
                         t.initialize(repeating: 0, count: b)
                         t.update(from: src + full * b, count: cols - full * b)
                     }
-                    quantizeGradient(Hadamard.rotate32(tail, signs: signs, norm: norm),
-                                     key: key, index: r * cp + full * b).store(dst + full * b)
+                    let q = quantizeGradientBlock(Hadamard.rotate32(tail, signs: signs, norm: norm),
+                                                  key: key, index: r * cp + full * b)
+                    if !q.finite { ok = false }
+                    output.store(q, at: r * cp + full * b)
                 }
             }
+            bad[range.lowerBound / grain] = !ok
         }
+        for c in 0..<chunks where bad[c] { return false }
+        return true
     }
 
 
@@ -172,16 +257,71 @@ extension QuartetKernels {
         }
     }
 
+    /// Where `verticalOperand` puts Q_b(Sᵀ·H_b) [cols, rowsPadded]: per 32-row band and
+    /// 8 columns n0 ..< n0 + valid, either row by row (x̂) or lane by lane (codes + scales).
+    protocol VerticalOutput {
+        /// Whether `storeCodes` / `storeScales` (true) or `storeRow` (false) are called.
+        static var emitsCodes: Bool { get }
+        /// x̂ of row t of the band (t0 + i) for the 8 columns.
+        func storeRow(_ y: SIMD8<Float>, t: Int, n0: Int, valid: Int)
+        /// Codes of elements t0 + 8j ..< t0 + 8j + 8 of the 8 operand rows n0 + l (lane l: 8
+        /// nibbles, element t0 + 8j + m in bits 4m ..< 4m + 4).
+        func storeCodes(_ w: SIMD8<UInt32>, word j: Int, n0: Int, t0: Int, rp: Int, valid: Int)
+        /// The group scales of operand rows n0 + l, band t0.
+        func storeScales(_ s: UnsafePointer<Float>, n0: Int, t0: Int, rp: Int, valid: Int)
+    }
+
+    /// x̂ stored transposed: out[t, n] = Q_b(Sᵀ·H_b)[n, t], out [rowsPadded, cols] (the
+    /// layout of S), which sgemm takes with a transposition flag.
+    struct ColumnsAsFloats: VerticalOutput {
+        let out: UnsafeMutablePointer<Float>, ldOut: Int
+        static var emitsCodes: Bool { false }
+        @inline(__always) func storeRow(_ y: SIMD8<Float>, t: Int, n0: Int, valid: Int) {
+            let dst = out + t * ldOut + n0
+            if valid == 8 {
+                Hadamard.store8(y, dst)
+            } else {
+                for l in 0..<valid { dst[l] = y[l] }
+            }
+        }
+        func storeCodes(_ w: SIMD8<UInt32>, word j: Int, n0: Int, t0: Int, rp: Int, valid: Int) {}
+        func storeScales(_ s: UnsafePointer<Float>, n0: Int, t0: Int, rp: Int, valid: Int) {}
+    }
+
+    /// Packed codes of the operand [cols, rowsPadded], row-major (the packed GEMM's layout),
+    /// and one scale per 32-group (`GroupLayout` order: n·rowsPadded/32 + t/32).
+    struct ColumnsAsCodes: VerticalOutput {
+        let codes: UnsafeMutablePointer<UInt8>, scales: UnsafeMutablePointer<Float>
+        static var emitsCodes: Bool { true }
+        func storeRow(_ y: SIMD8<Float>, t: Int, n0: Int, valid: Int) {}
+        @inline(__always) func storeCodes(_ w: SIMD8<UInt32>, word j: Int, n0: Int, t0: Int, rp: Int, valid: Int) {
+            let p = codes + (n0 * rp + t0) / 2 + 4 * j
+            for l in 0..<valid { storeWord(w[l], p + l * (rp / 2)) }
+        }
+        @inline(__always) func storeScales(_ s: UnsafePointer<Float>, n0: Int, t0: Int, rp: Int, valid: Int) {
+            let g = rp / QuartetKernels.block, p = scales + n0 * g + t0 / QuartetKernels.block
+            for l in 0..<valid { p[l * g] = s[l] }
+        }
+    }
+
     /// Q_b(Sᵀ·H_b) for S [rows, cols], stored transposed: out[t, n] = Q_b(Sᵀ·H_b)[n, t], out
     /// [rowsPadded, cols] (the layout of S, rows zero-padded to a multiple of 32); the draw
     /// index is still the flat index n·rowsPadded + t of the operand Q_b(Sᵀ·H_b).
+    static func verticalOperand<S: RowTiles>(_ src: S, rows: Int, cols: Int, signs: UnsafePointer<Float>, key: UInt64,
+                                             into out: UnsafeMutablePointer<Float>) -> Bool {
+        verticalOperand(src, rows: rows, cols: cols, signs: signs, key: key, output: ColumnsAsFloats(out: out, ldOut: cols))
+    }
+
+    /// Q_b(Sᵀ·H_b) for S [rows, cols] into any output. False when `src` reported a non-finite
+    /// tile or, for a code output, some group held NaN or ±inf (codes cannot carry it; the
+    /// float output holds NaN there).
     ///
     /// No transpose: the rotation runs down the columns, 8 columns at a time (SIMD lanes are 8
     /// different groups): the same butterflies as `Hadamard.rotate32` (stage h pairs rows
     /// j, j + h into (a + c, a − c); the in-register form computes c + a and a + (−c), the same
     /// IEEE results), then a per-lane scale and per-lane draws. Chunks are 32-row bands.
-    static func verticalOperand<S: RowTiles>(_ src: S, rows: Int, cols: Int, signs: UnsafePointer<Float>, key: UInt64,
-                                             into out: UnsafeMutablePointer<Float>) -> Bool {
+    static func verticalOperand<S: RowTiles, O: VerticalOutput>(_ src: S, rows: Int, cols: Int, signs: UnsafePointer<Float>,
+                                                                key: UInt64, output: O) -> Bool {
         let b = QuartetKernels.block
         let rp = (rows + b - 1) / b * b, bands = rp / b
         guard bands > 0, cols > 0 else { return true }
@@ -202,8 +342,10 @@ extension QuartetKernels {
                     let width = Swift.min(b, cols - c0)
                     var u = 0
                     while u < width {
-                        verticalUnit(stage + u, signs: signs, key: key, rp: rp, n0: c0 + u, t0: band * b,
-                                     valid: Swift.min(8, width - u), v: v, lane: lane, out: out, ldOut: cols)
+                        if !verticalUnit(stage + u, signs: signs, key: key, rp: rp, n0: c0 + u, t0: band * b,
+                                         valid: Swift.min(8, width - u), v: v, lane: lane, output: output) {
+                            ok = false
+                        }
                         u += 8
                     }
                     c0 += b
@@ -216,11 +358,12 @@ extension QuartetKernels {
     }
 
     /// One 32-row × 8-column unit of `verticalOperand`: rows of `src` (stride 32), rotated down
-    /// the column, quantized per column group, stored to out[(t0 + i)·ldOut + n0 + l].
+    /// the column, quantized per column group, handed to the output. False when a code output
+    /// met a non-finite group.
     @inline(__always)
-    static func verticalUnit(_ src: UnsafePointer<Float>, signs d: UnsafePointer<Float>, key: UInt64, rp: Int,
-                             n0: Int, t0: Int, valid: Int, v: UnsafeMutablePointer<Float>,
-                             lane: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>, ldOut: Int) {
+    static func verticalUnit<O: VerticalOutput>(_ src: UnsafePointer<Float>, signs d: UnsafePointer<Float>, key: UInt64,
+                                                rp: Int, n0: Int, t0: Int, valid: Int, v: UnsafeMutablePointer<Float>,
+                                                lane: UnsafeMutablePointer<Float>, output: O) -> Bool {
         let b = QuartetKernels.block
         @inline(__always) func row(_ i: Int) -> SIMD8<Float> { load8(v + 8 * i) }
         @inline(__always) func set(_ i: Int, _ x: SIMD8<Float>) { Hadamard.store8(x, v + 8 * i) }
@@ -248,6 +391,7 @@ extension QuartetKernels {
         }
         // Per-lane scale (ScaleRule.absmaxDiv3) and group kind, in scalar code.
         let scales = lane, zero = lane + 8, nan = lane + 16
+        var finite = true
         for l in 0..<8 {
             let amax = m[l]
             let scale = amax == 0 || amax >= 0x7F80_0000 ? 0 : ScaleRule.absmaxDiv3Scale(amax: Float(bitPattern: amax))
@@ -255,23 +399,35 @@ extension QuartetKernels {
             scales[l] = scale > 0 ? scale : 1
             zero[l] = Float(bitPattern: isZero ? UInt32.max : 0)
             nan[l] = Float(bitPattern: isNaN ? UInt32.max : 0)
+            if O.emitsCodes && isNaN && l < valid { finite = false }
         }
         let s = load8(scales), zm = bits(load8(zero)), nm = bits(load8(nan))
-        let keep = ~(zm | nm), nanBits = SIMD8<UInt32>(repeating: Float.nan.bitPattern) & nm
+        let keep = ~(zm | nm)
         // Counter of lane l, row i: key + ((n0 + l)·rp + t0 + i + 1)·γ.
         let col = SIMD8<UInt64>(repeating: UInt64(n0)) &+ SIMD8<UInt64>(0, 1, 2, 3, 4, 5, 6, 7)
         let base = SIMD8<UInt64>(repeating: key) &+ (col &* UInt64(rp) &+ UInt64(t0 + 1)) &* gamma
-        for i in 0..<b {
-            let x = row(i)
-            let q = stochasticLanes(x, s, uniformsFromCounters(base &+ UInt64(i) &* gamma))
-            let y = float((bits(q) & keep) | (bits(x * 0) & zm) | nanBits)
-            let dst = out + (t0 + i) * ldOut + n0
-            if valid == 8 {
-                Hadamard.store8(y, dst)
-            } else {
-                for l in 0..<valid { dst[l] = y[l] }
+        if O.emitsCodes {
+            // Zero groups: the sign codes of x (x̂ = x·0); NaN groups were reported.
+            for j in 0..<(b / 8) {
+                var w = SIMD8<UInt32>(repeating: 0)
+                for k in 0..<8 {
+                    let i = 8 * j + k, x = row(i)
+                    let c = stochasticEncode(x, s, uniformsFromCounters(base &+ UInt64(i) &* gamma)).code
+                    w |= ((c & keep) | (signCodes(x) & zm)) &<< UInt32(4 * k)
+                }
+                output.storeCodes(w, word: j, n0: n0, t0: t0, rp: rp, valid: valid)
+            }
+            output.storeScales(scales, n0: n0, t0: t0, rp: rp, valid: valid)
+        } else {
+            let nanBits = SIMD8<UInt32>(repeating: Float.nan.bitPattern) & nm
+            for i in 0..<b {
+                let x = row(i)
+                let q = stochasticLanes(x, s, uniformsFromCounters(base &+ UInt64(i) &* gamma))
+                let y = float((bits(q) & keep) | (bits(x * 0) & zm) | nanBits)
+                output.storeRow(y, t: t0 + i, n0: n0, valid: valid)
             }
         }
+        return finite
     }
 
     /// CounterRNG.uniform for 8 given counters (key + (index + 1)·γ). The last xor-shift of

@@ -27,6 +27,14 @@ import Glibc
 /// Saved for backward (caller-owned): X_q as packed e2m1 codes + float scales (quest:
 /// powers of two) and m_x packed one bit per element (LSB first), 4.5 + 1 bits per element.
 /// W is not saved: W_q and m_w are recomputed.
+///
+/// GEMMs (`gemm`): `.simulated` multiplies float32 x̂ operands with sgemm; `.packed` multiplies
+/// the same quantized values as packed e2m1 codes + block(32) scales with `PackedGEMM`
+/// (numerics.md §11): X_q [T, K] · W_q [N, K]ᵀ, A [T, Np] · B [K, Np]ᵀ, C [N, Tp] · D [K, Tp]ᵀ,
+/// where B, C, D are the operands above in row-major [rows, reduction] layout. The kernels
+/// emit codes with the same rounding and draws as x̂, so only the GEMMs' float rounding
+/// differs. A backward whose rotated operands hold NaN or ±inf (codes cannot carry them)
+/// runs simulated, which propagates them.
 public enum QuartetLinear {
     public static let block = 32
 
@@ -72,6 +80,10 @@ public enum QuartetLinear {
                                xCodes: UnsafeMutablePointer<UInt8>, xScales: UnsafeMutablePointer<Float>,
                                xMask: UnsafeMutablePointer<UInt8>, gemm: GEMMMode = .simulated) throws {
         try check(T, K, N)
+        if gemm == .packed {
+            return try forwardOnCodes(x: x, tokens: T, inFeatures: K, w: w, outFeatures: N, bias: bias, y: y,
+                                      xCodes: xCodes, xScales: xScales, xMask: xMask)
+        }
         // X·H → X_q (codes + scales + dequantized operand) and m_x.
         let xq = Scratch(T * K)
         let xFinite = QuartetKernels.questRows(x, rows: T, cols: K) { i, b in
@@ -88,6 +100,67 @@ public enum QuartetLinear {
         BLAS.gemm(transA: false, transB: true, m: T, n: N, k: K, a: xq.pointer, b: wq.pointer,
                   beta: bias == nil ? 0 : 1, c: y)
         withExtendedLifetime((xq, wq)) {}
+    }
+
+    /// The packed forward: X_q and W_q as codes + scales (no float32 operands), Y = X_q·W_qᵀ
+    /// by `PackedGEMM`, then + b.
+    static func forwardOnCodes(x: UnsafePointer<Float>, tokens T: Int, inFeatures K: Int,
+                               w: UnsafePointer<Float>, outFeatures N: Int, bias: UnsafePointer<Float>?,
+                               y: UnsafeMutablePointer<Float>,
+                               xCodes: UnsafeMutablePointer<UInt8>, xScales: UnsafeMutablePointer<Float>,
+                               xMask: UnsafeMutablePointer<UInt8>) throws {
+        let xFinite = QuartetKernels.questRows(x, rows: T, cols: K) { i, b in
+            QuartetKernels.storeCodes(b.codes, xCodes + i / 2)
+            xScales[i / block] = b.scale
+            QuartetKernels.storeWord(b.mask, xMask + i / 8)
+        }
+        if !xFinite { try throwNonFiniteInput(x, T, K) }
+        let wq = CodedOperand(rows: N, cols: K)
+        let wFinite = QuartetKernels.questRows(w, rows: N, cols: K) { i, b in
+            QuartetKernels.storeCodes(b.codes, wq.codes + i / 2)
+            wq.scales[i / block] = b.scale
+        }
+        if !wFinite { throw nonFiniteWeight(w, count: N * K) }
+        let xOperand = GEMMOperand(codes: UnsafePointer(xCodes), rows: T, cols: K, format: forwardQuantizer.format,
+                                   granularity: forwardQuantizer.granularity, scales: UnsafePointer(xScales))
+        try PackedGEMM.multiply(xOperand, wq.operand, into: y)
+        if let bias { addBias(bias, rows: T, cols: N, into: y) }
+        withExtendedLifetime(wq) {}
+    }
+
+    /// Packed e2m1 codes of a [rows, cols] operand (cols a multiple of 32) and one scale per
+    /// 32-group along cols, in scratch memory.
+    final class CodedOperand {
+        let rows: Int, cols: Int
+        private let codeBuffer: ByteScratch, scaleBuffer: Scratch
+        let codes: UnsafeMutablePointer<UInt8>
+        let scales: UnsafeMutablePointer<Float>
+
+        init(rows: Int, cols: Int) {
+            self.rows = rows
+            self.cols = cols
+            codeBuffer = ByteScratch(bytes: Swift.max(rows * cols / 2, 1))
+            scaleBuffer = Scratch(Swift.max(rows * cols / QuartetLinear.block, 1))
+            codes = codeBuffer.raw.assumingMemoryBound(to: UInt8.self)
+            scales = scaleBuffer.pointer
+        }
+
+        /// The operand as `PackedGEMM` reads it (valid while self lives).
+        var operand: GEMMOperand {
+            GEMMOperand(codes: UnsafePointer(codes), rows: rows, cols: cols, format: QuartetLinear.forwardQuantizer.format,
+                        granularity: .block(QuartetLinear.block), scales: UnsafePointer(scales))
+        }
+    }
+
+    /// y[t, :] += bias for every row t.
+    static func addBias(_ bias: UnsafePointer<Float>, rows: Int, cols: Int, into y: UnsafeMutablePointer<Float>) {
+        guard rows > 0, cols > 0 else { return }
+        Parallel.forChunks(count: rows, grain: Parallel.grain(count: rows, minItems: Swift.max(1, 16384 / cols))) { r in
+            for t in r {
+                let row = y + t * cols
+                for j in 0..<cols { row[j] += bias[j] }
+            }
+        }
     }
 
     /// The error of a non-finite X·H: the one `Quantizer.quantize` reports (the first
@@ -132,6 +205,13 @@ public enum QuartetLinear {
                                 dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutablePointer<Float>?,
                                 db: UnsafeMutablePointer<Float>?, gemm: GEMMMode = .simulated) throws {
         try check(T, K, N)
+        if gemm == .packed && (dx != nil || dw != nil) {
+            if try backwardOnCodes(dy: dy, tokens: T, outFeatures: N, w: w, inFeatures: K, xCodes: xCodes, xScales: xScales,
+                                   xMask: xMask, seed: seed, call: call, dx: dx, dw: dw) {
+                if let db { LinearLayer.columnSums(dy, rows: T, cols: N, into: db) }
+                return
+            }
+        }
         if dx != nil || dw != nil {
             let d = signs(seed: seed, call: call)
             let sb = d.withUnsafeBufferPointer { Block32($0.baseAddress!) }
@@ -179,6 +259,63 @@ public enum QuartetLinear {
         }
         if let db {
             LinearLayer.columnSums(dy, rows: T, cols: N, into: db)
+        }
+    }
+
+    /// The packed backward: the four operands as codes + scales in one pass each (same draws
+    /// as the simulated operands), the two GEMMs by `PackedGEMM`, then mask and un-rotation.
+    /// False (dx, dw unspecified) when a rotated operand holds NaN or ±inf or W does: the
+    /// caller then runs the simulated backward, which propagates NaN or throws for W.
+    static func backwardOnCodes(dy: UnsafePointer<Float>, tokens T: Int, outFeatures N: Int,
+                                w: UnsafePointer<Float>, inFeatures K: Int,
+                                xCodes: UnsafePointer<UInt8>, xScales: UnsafePointer<Float>, xMask: UnsafePointer<UInt8>,
+                                seed: UInt64, call: UInt64,
+                                dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutablePointer<Float>?) throws -> Bool {
+        let d = signs(seed: seed, call: call)
+        let np = (N + block - 1) / block * block, tp = (T + block - 1) / block * block
+        let mw = UnsafeMutablePointer<UInt8>.allocate(capacity: Swift.max(Quantizer.maskBytes(count: N * K), 1))
+        defer { mw.deallocate() }
+        return try d.withUnsafeBufferPointer { dp in
+            let signs = dp.baseAddress!
+            // B = Q_b(W_qᵀ·H_b) [K, Np] from W_q = QuEST(W·H) (in tiles, never stored), and m_w.
+            let bq = CodedOperand(rows: K, cols: np)
+            guard QuartetKernels.verticalOperand(QuartetKernels.WeightRows(w: w, rows: N, cols: K, mask: mw), rows: N, cols: K,
+                                                 signs: signs, key: CounterRNG.key(seed: key(seed: seed, call: call, 2)),
+                                                 output: QuartetKernels.ColumnsAsCodes(codes: bq.codes, scales: bq.scales))
+            else { return false }
+            if let dx {
+                // A = Q_b(dY·H_b) [T, Np]; G = A·Bᵀ [T, K] into dx; dx = (G ⊙ m_x)·Hᵀ.
+                let aq = CodedOperand(rows: T, cols: np)
+                guard QuartetKernels.gradientRows(dy, rows: T, cols: N, signs: Block32(signs),
+                                                  key: CounterRNG.key(seed: key(seed: seed, call: call, 1)),
+                                                  output: QuartetKernels.RowsAsCodes(codes: aq.codes, scales: aq.scales))
+                else { return false }
+                try PackedGEMM.multiply(aq.operand, bq.operand, into: dx)
+                QuartetKernels.maskAndUnrotate(dx, rows: T, cols: K, mask: xMask)
+                withExtendedLifetime(aq) {}
+            }
+            withExtendedLifetime(bq) {}
+            if let dw {
+                // C = Q_b(dYᵀ·H_b) [N, Tp]; D = Q_b(X_qᵀ·H_b) [K, Tp] (X_q decoded from the saved
+                // codes, rotated basis); G = C·Dᵀ [N, K] into dw; dw = (G ⊙ m_w)·Hᵀ.
+                let cq = CodedOperand(rows: N, cols: tp), dq = CodedOperand(rows: K, cols: tp)
+                guard QuartetKernels.verticalOperand(QuartetKernels.MatrixRows(a: dy, rows: T, cols: N), rows: T, cols: N,
+                                                     signs: signs, key: CounterRNG.key(seed: key(seed: seed, call: call, 3)),
+                                                     output: QuartetKernels.ColumnsAsCodes(codes: cq.codes, scales: cq.scales))
+                else { return false }
+                let table = ElementCodec.of(forwardQuantizer.format).decodeTable
+                let okD = table.withUnsafeBufferPointer { tb in
+                    QuartetKernels.verticalOperand(
+                        QuartetKernels.CodeRows(codes: xCodes, scales: xScales, table: tb.baseAddress!, rows: T, cols: K),
+                        rows: T, cols: K, signs: signs, key: CounterRNG.key(seed: key(seed: seed, call: call, 4)),
+                        output: QuartetKernels.ColumnsAsCodes(codes: dq.codes, scales: dq.scales))
+                }
+                guard okD else { return false }
+                try PackedGEMM.multiply(cq.operand, dq.operand, into: dw)
+                QuartetKernels.maskAndUnrotate(dw, rows: N, cols: K, mask: UnsafePointer(mw))
+                withExtendedLifetime((cq, dq)) {}
+            }
+            return true
         }
     }
 }
