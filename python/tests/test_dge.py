@@ -333,3 +333,27 @@ def test_nan_in_nan_out():
         assert np.all(np.isnan(out[:5])), fmt
         np.testing.assert_allclose(out[5:], ref_dge_derivative(v[5:], fmt), rtol=1e-6)
         assert np.all(np.isnan(f4.dge_surrogate(v, fmt=fmt)[:5])), fmt
+
+
+def test_dge_with_two_level_weight_scales_uses_the_tensor_scale():
+    # numerics.md §4 with nvfp4 weights: v = W · (S / sb), the quantizer's own order (the factor
+    # S was once left out, so v was off by S).
+    from linear_reference import ref_dge_derivative as ref_fprime
+
+    rng = np.random.default_rng(11)
+    T, K, N = 32, 32, 32
+    x = rng.standard_normal((T, K)).astype(F32)
+    w = (rng.standard_normal((N, K)) * 0.02).astype(F32)
+    dy = rng.standard_normal((T, N)).astype(F32)
+    on = f4.Recipe.get("nvfp4").replace(dge=True)
+    off = f4.Recipe.get("nvfp4")
+    _, s_on = f4.linear_forward(x, w, None, on)
+    _, s_off = f4.linear_forward(x, w, None, off)
+    s_off.gradient_seed = s_on.gradient_seed
+    dw_on = f4.linear_backward(dy, s_on)[1]
+    dw_off = f4.linear_backward(dy, s_off)[1]
+    q = f4.quantize(w, "e2m1", "block2d", "nvfp4", block=16)
+    sb = np.repeat(np.repeat(q._float_scales, 16, axis=0), 16, axis=1).astype(F32)
+    v = (w * (np.float32(q.tensor_scale) / sb).astype(F32)).astype(F32)
+    np.testing.assert_allclose(dw_on, dw_off * ref_fprime(v, "e2m1"), rtol=2e-5, atol=1e-30)
+    assert abs(float(q.tensor_scale) - 1) > 0.5  # S far from 1, so leaving it out would show

@@ -50,16 +50,17 @@ public struct DGE: Sendable {
     /// `clampToRange`, |v| counts as at most fmax (the scale rule cannot clip; see
     /// ScaleRule.neverClips), so a group's largest weight keeps its gradient. An all-zero
     /// weight group sits at v = 0, a grid point: f' = 1/k. Parallel over rows; every element
-    /// is computed alone, so the result does not depend on the thread count.
+    /// is computed alone, so the result does not depend on the thread count. `twoLevel`: the
+    /// weight quantizer's rule has a tensor scale (nvfp4): v = w · (S / sb), its own order.
     public func scaleGradient(_ g: UnsafeMutablePointer<Float>, weight w: UnsafePointer<Float>, scales ts: TensorScales,
-                              clampToRange: Bool) {
+                              clampToRange: Bool, twoLevel: Bool = false) {
         let L = ts.layout, kern = kernel
         guard L.count > 0 else { return }
         ts.groups.withUnsafeBufferPointer { gs in
             guard let gp = gs.baseAddress else { return }
             let grain = Parallel.grain(count: L.rows, minItems: Swift.max(1, 16384 / Swift.max(1, L.cols)))
             Parallel.forChunks(count: L.rows, grain: grain) { rows in
-                kern.scaleGradientRows(g, w, L, gp, rows, clampToRange: clampToRange)
+                kern.scaleGradientRows(g, w, L, gp, rows, clampToRange: clampToRange, twoLevel: twoLevel)
             }
         }
     }
@@ -135,7 +136,7 @@ struct DGEKernel {
 
     /// `DGE.scaleGradient` on the rows `rows`.
     func scaleGradientRows(_ g: UnsafeMutablePointer<Float>, _ w: UnsafePointer<Float>, _ L: GroupLayout,
-                           _ gs: UnsafePointer<GroupScale>, _ rows: Range<Int>, clampToRange: Bool) {
+                           _ gs: UnsafePointer<GroupScale>, _ rows: Range<Int>, clampToRange: Bool, twoLevel: Bool) {
         let atZero = derivative(0)
         for r in rows {
             let gbase = (r / L.groupRows) * L.tileCols
@@ -145,6 +146,10 @@ struct DGEKernel {
                 if s.isZero {
                     let gr = g + start
                     for i in 0..<L.groupCols { gr[i] *= atZero }
+                } else if twoLevel {
+                    // v = w · (S / sb), as the nvfp4 quantizer computes it (TwoLevelScaling).
+                    scaleGradientTwoLevel(g, w, start..<(start + L.groupCols), ratio: s.tensorScale / s.scale,
+                                          clampToRange: clampToRange)
                 } else {
                     scaleGradient(g, w, start..<(start + L.groupCols), scale: s.scale, clampToRange: clampToRange)
                 }
@@ -162,6 +167,21 @@ struct DGEKernel {
         let ex = exponent, last = lastInterval, mid = atMidpoint
         for i in range {
             g[i] *= DGEKernel.derivative(Swift.min(Swift.max(w[i] / s, -limit), limit), fmax: fmax, manBits: mb,
+                                         minExponent: me, k: k, clamp: c, exponent: ex, lastInterval: last, atMidpoint: mid)
+        }
+    }
+}
+
+extension DGEKernel {
+    /// `scaleGradient` for two-level scales: v = w · ratio with ratio = S / sb.
+    @inline(__always)
+    func scaleGradientTwoLevel(_ g: UnsafeMutablePointer<Float>, _ w: UnsafePointer<Float>, _ range: Range<Int>,
+                               ratio: Float, clampToRange: Bool) {
+        let limit = clampToRange ? grid.maxValue : .infinity
+        let fmax = grid.maxValue, mb = grid.manBits, me = grid.minExponent, k = k, c = clamp
+        let ex = exponent, last = lastInterval, mid = atMidpoint
+        for i in range {
+            g[i] *= DGEKernel.derivative(Swift.min(Swift.max(w[i] * ratio, -limit), limit), fmax: fmax, manBits: mb,
                                          minExponent: me, k: k, clamp: c, exponent: ex, lastInterval: last, atMidpoint: mid)
         }
     }

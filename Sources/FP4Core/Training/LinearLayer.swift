@@ -306,7 +306,8 @@ public enum LinearLayer {
                 let dge = try DGE(format: q.format, k: cfg.k, clamp: cfg.clamp)
                 // dW ⊙ f'(W / s_w) with v computed exactly as the quantizer computes it;
                 // |v| counts as at most fmax when the scale rule cannot clip (ScaleRule.neverClips).
-                dge.scaleGradient(dw, weight: w, scales: ts, clampToRange: q.scaleRule.neverClips)
+                dge.scaleGradient(dw, weight: w, scales: ts, clampToRange: q.scaleRule.neverClips,
+                                  twoLevel: q.scaleRule.isTwoLevel)
             }
         }
 
