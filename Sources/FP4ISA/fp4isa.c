@@ -81,9 +81,14 @@ VNNI_TARGET void fp4isa_gemm_tile_avx512vnni(const uint8_t *a, const int8_t *b, 
     const __m512 p = _mm512_set1_ps(post), d = _mm512_set1_ps(div);
     const __mmask16 m0 = nr >= 16 ? 0xFFFF : (__mmask16)((1u << nr) - 1);
     const __mmask16 m1 = nr >= 32 ? 0xFFFF : nr > 16 ? (__mmask16)((1u << (nr - 16)) - 1) : 0;
-    for (int i = 0; i < mr; i++) {
-        _mm512_mask_storeu_ps(c + i * ldc, m0, _mm512_div_ps(_mm512_mul_ps(f[i][0], p), d));
-        _mm512_mask_storeu_ps(c + i * ldc + 16, m1, _mm512_div_ps(_mm512_mul_ps(f[i][1], p), d));
+    // A fully unrolled store with a guard per row keeps f in registers (a loop bounded by mr
+    // made the compiler mirror f on the stack and store it after every group).
+#pragma clang loop unroll(full)
+    for (int i = 0; i < MR; i++) {
+        if (i < mr) {
+            _mm512_mask_storeu_ps(c + i * ldc, m0, _mm512_div_ps(_mm512_mul_ps(f[i][0], p), d));
+            _mm512_mask_storeu_ps(c + i * ldc + 16, m1, _mm512_div_ps(_mm512_mul_ps(f[i][1], p), d));
+        }
     }
 }
 
@@ -126,7 +131,9 @@ AVX2_TARGET void fp4isa_gemm_tile_avx2(const uint8_t *a, const int8_t *b, const 
         }
     }
     const __m256 p = _mm256_set1_ps(post), d = _mm256_set1_ps(div);
-    for (int i = 0; i < mr; i++) {
+#pragma clang loop unroll(full)
+    for (int i = 0; i < MR; i++) {
+        if (i >= mr) break;
         float row[NR];
         _mm256_storeu_ps(row, _mm256_div_ps(_mm256_mul_ps(f[i][0], p), d));
         _mm256_storeu_ps(row + 8, _mm256_div_ps(_mm256_mul_ps(f[i][1], p), d));
