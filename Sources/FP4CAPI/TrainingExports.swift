@@ -168,7 +168,8 @@ func linearSaved(_ sp: UnsafePointer<fp4swift_linear_saved>?) throws -> LinearSa
     let s = try required(sp, "saved").pointee
     return LinearSaved(xCodes: s.x_codes, xCodesCount: Int(s.x_codes_len), xScales: s.x_scales, xScalesCount: Int(s.x_scales_len),
                        xTensorScale: s.x_tensor_scale, residualIndptr: s.residual_indptr, residualIndices: s.residual_indices,
-                       residualValues: s.residual_values, residualCapacity: Int(s.residual_capacity), residualNNZ: Int(s.residual_nnz))
+                       residualValues: s.residual_values, residualCapacity: Int(s.residual_capacity), residualNNZ: Int(s.residual_nnz),
+                       xScaleBytes: s.x_scale_bytes, xScaleBytesCount: Int(s.x_scale_bytes_len))
 }
 
 /// The saved state a forward writes into: its residual buffers must exist when it has room for a residual.
@@ -184,13 +185,15 @@ func linearSavedToFill(_ sp: UnsafeMutablePointer<fp4swift_linear_saved>) throws
 @_cdecl("fp4swift_linear_saved_sizes")
 public func fp4swift_linear_saved_sizes(_ T: Int64, _ K: Int64, _ rp: UnsafePointer<fp4swift_linear_recipe>?,
                                         _ codes: UnsafeMutablePointer<Int64>?, _ scales: UnsafeMutablePointer<Int64>?,
-                                        _ capacity: UnsafeMutablePointer<Int64>?) -> Int32 {
+                                        _ capacity: UnsafeMutablePointer<Int64>?,
+                                        _ scaleBytes: UnsafeMutablePointer<Int64>?) -> Int32 {
     guarded {
         _ = try elementCount(T, K)
         let sizes = try LinearLayer.savedSizes(tokens: Int(T), inFeatures: Int(K), recipe: try linearRecipe(rp))
         try required(codes, "x_codes_len").pointee = Int64(sizes.xCodes)
         try required(scales, "x_scales_len").pointee = Int64(sizes.xScales)
         try required(capacity, "residual_capacity").pointee = Int64(sizes.residualCapacity)
+        try required(scaleBytes, "x_scale_bytes_len").pointee = Int64(sizes.xScaleBytes)
     }
 }
 
@@ -267,10 +270,12 @@ public func fp4swift_linear_forward_on_codes(_ K: Int64, _ rp: UnsafePointer<fp4
 /// and its residual is a consistent CSR.
 func checkSavedForShapes(_ saved: LinearSaved, tokens T: Int64, inFeatures K: Int64, recipe: LinearRecipe) throws {
     let sizes = try LinearLayer.savedSizes(tokens: Int(T), inFeatures: Int(K), recipe: recipe)
-    guard saved.xCodesCount >= sizes.xCodes, saved.xScalesCount >= sizes.xScales else {
+    guard saved.xCodesCount >= sizes.xCodes, saved.xScalesCount >= sizes.xScales,
+          saved.xScaleBytesCount >= sizes.xScaleBytes else {
         throw FP4Error(.invalidState, "the saved state does not match these shapes and recipe")
     }
-    if sizes.xCodes > 0 && saved.xCodes == nil || sizes.xScales > 0 && saved.xScales == nil {
+    if sizes.xCodes > 0 && saved.xCodes == nil || sizes.xScales > 0 && saved.xScales == nil
+        || sizes.xScaleBytes > 0 && saved.xScaleBytes == nil {
         throw FP4Error(.invalidState, "the saved state's code or scale buffer is NULL")
     }
     if saved.residualNNZ > 0 {

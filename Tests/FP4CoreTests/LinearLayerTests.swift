@@ -327,15 +327,20 @@ private func runLinear(x: [Float], T: Int, K: Int, w: [Float], N: Int, bias: [Fl
     let sizes = try LinearLayer.savedSizes(tokens: T, inFeatures: K, recipe: recipe)
     let codes = UnsafeMutablePointer<UInt8>.allocate(capacity: Swift.max(sizes.xCodes, 1))
     let scales = UnsafeMutablePointer<Float>.allocate(capacity: Swift.max(sizes.xScales, 1))
+    let scaleBytes = UnsafeMutablePointer<UInt8>.allocate(capacity: Swift.max(sizes.xScaleBytes, 1))
     let indptr = UnsafeMutablePointer<Int64>.allocate(capacity: T + 1)
     let indices = UnsafeMutablePointer<Int32>.allocate(capacity: Swift.max(sizes.residualCapacity, 1))
     let values = UnsafeMutablePointer<Float>.allocate(capacity: Swift.max(sizes.residualCapacity, 1))
-    defer { codes.deallocate(); scales.deallocate(); indptr.deallocate(); indices.deallocate(); values.deallocate() }
+    defer {
+        codes.deallocate(); scales.deallocate(); scaleBytes.deallocate(); indptr.deallocate(); indices.deallocate()
+        values.deallocate()
+    }
     let hasResidual = sizes.residualCapacity > 0 || (recipe.occ?.compensate ?? false)
     var saved = LinearSaved(xCodes: sizes.xCodes > 0 ? codes : nil, xCodesCount: sizes.xCodes,
                             xScales: sizes.xScales > 0 ? scales : nil, xScalesCount: sizes.xScales,
                             residualIndptr: hasResidual ? indptr : nil, residualIndices: hasResidual ? indices : nil,
-                            residualValues: hasResidual ? values : nil, residualCapacity: sizes.residualCapacity)
+                            residualValues: hasResidual ? values : nil, residualCapacity: sizes.residualCapacity,
+                            xScaleBytes: sizes.xScaleBytes > 0 ? scaleBytes : nil, xScaleBytesCount: sizes.xScaleBytes)
     var y = [Float](repeating: .nan, count: T * N)
     var dx = [Float](repeating: .nan, count: T * K)
     var dw = [Float](repeating: .nan, count: N * K)

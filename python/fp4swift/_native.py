@@ -126,6 +126,8 @@ class LinearSaved(ctypes.Structure):
         ("residual_values", POINTER(c_float)),
         ("residual_capacity", c_int64),
         ("residual_nnz", c_int64),
+        ("x_scale_bytes", POINTER(c_uint8)),
+        ("x_scale_bytes_len", c_int64),
     ]
 
 
@@ -233,8 +235,8 @@ SIGNATURES = {
     "fp4swift_csr_matmul_t": (c_int32, [i64p, i32p, f32p, c_int64, c_int64, c_int64, f32p, c_int64, f32p]),
     # int32_t fp4swift_linear_saved_sizes(int64_t tokens, int64_t in_features,
     #     const fp4swift_linear_recipe *recipe, int64_t *x_codes_len, int64_t *x_scales_len,
-    #     int64_t *residual_capacity);
-    "fp4swift_linear_saved_sizes": (c_int32, [c_int64, c_int64, RecipeP, i64p, i64p, i64p]),
+    #     int64_t *residual_capacity, int64_t *x_scale_bytes_len);
+    "fp4swift_linear_saved_sizes": (c_int32, [c_int64, c_int64, RecipeP, i64p, i64p, i64p, i64p]),
     # int32_t fp4swift_linear_forward(const float *x, int64_t tokens, int64_t in_features, const float *w,
     #     int64_t out_features, const float *bias, const fp4swift_linear_recipe *recipe, float *y,
     #     fp4swift_linear_saved *saved);

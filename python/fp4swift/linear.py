@@ -45,9 +45,11 @@ class LinearSaved:
         #: forward's call number, so every forward/backward pair draws afresh and a retained
         #: backward repeats its draws.
         self.gradient_seed = _call_seed(rc.grad_seed, next(_CALLS)) if rc.grad_stochastic else rc.grad_seed
-        codes_len, scales_len, cap = rc.saved_sizes(tokens, in_features)
+        codes_len, scales_len, cap, bytes_len = rc.saved_sizes(tokens, in_features)
         self.x_codes = np.empty(codes_len, dtype=np.uint8)
+        # Scales in their stored form: float32, or the e8m0 / e4m3 bytes of e8m0 and nvfp4.
         self.x_scales = np.empty(scales_len, dtype=np.float32)
+        self.x_scale_bytes = np.empty(bytes_len, dtype=np.uint8)
         self.residual_indptr = np.zeros(tokens + 1 if cap else 0, dtype=np.int64)
         self.residual_indices = np.empty(cap, dtype=np.int32)
         self.residual_values = np.empty(cap, dtype=np.float32)
@@ -55,7 +57,8 @@ class LinearSaved:
             cptr(self.x_codes, ctypes.c_uint8, _native.u8p), codes_len, fptr(self.x_scales), scales_len, 1.0,
             cptr(self.residual_indptr, ctypes.c_int64, _native.i64p) if cap else None,
             cptr(self.residual_indices, ctypes.c_int32, _native.i32p) if cap else None,
-            fptr(self.residual_values) if cap else None, cap, 0)
+            fptr(self.residual_values) if cap else None, cap, 0,
+            cptr(self.x_scale_bytes, ctypes.c_uint8, _native.u8p) if bytes_len else None, bytes_len)
         self.consumed = False
 
     @classmethod
@@ -68,7 +71,7 @@ class LinearSaved:
         s.out_features, s.w, s.has_bias, s.x = out_features, w, has_bias, src.x
         rc = _recipe_c(s.recipe)
         s.gradient_seed = _call_seed(rc.grad_seed, next(_CALLS)) if rc.grad_stochastic else rc.grad_seed
-        s.x_codes, s.x_scales = src.x_codes, src.x_scales
+        s.x_codes, s.x_scales, s.x_scale_bytes = src.x_codes, src.x_scales, src.x_scale_bytes
         s.residual_indptr, s.residual_indices, s.residual_values = src.residual_indptr, src.residual_indices, src.residual_values
         s.struct = _native.LinearSaved.from_buffer_copy(src.struct)
         s.consumed = False
@@ -97,12 +100,13 @@ class LinearSaved:
             return int(self.x.nbytes)
         n = self.residual_nnz
         res = self.residual_indptr.nbytes + n * (4 + 4) if self.residual_indptr.size else 0
-        return int(self.x_codes.nbytes + self.x_scales.nbytes + res)
+        return int(self.x_codes.nbytes + self.x_scales.nbytes + self.x_scale_bytes.nbytes + res)
 
     def release(self) -> None:
         """Frees the buffers; a later backward raises FP4StateError."""
         self.consumed = True
-        self.x_codes = self.x_scales = self.residual_indices = self.residual_values = None  # type: ignore[assignment]
+        self.x_codes = self.x_scales = self.x_scale_bytes = None  # type: ignore[assignment]
+        self.residual_indices = self.residual_values = None  # type: ignore[assignment]
         self.residual_indptr = None  # type: ignore[assignment]
         self.x = None
         self.struct = None  # type: ignore[assignment]

@@ -168,7 +168,7 @@ class Recipe:
             if name is not None and name != self.name:
                 Recipe.get(name)
         c = self.to_c()
-        sizes = (ctypes.c_int64(), ctypes.c_int64(), ctypes.c_int64())
+        sizes = (ctypes.c_int64(), ctypes.c_int64(), ctypes.c_int64(), ctypes.c_int64())
         _native.check(_native.lib.fp4swift_linear_saved_sizes(1, 0, ctypes.byref(c), *(ctypes.byref(v) for v in sizes)))
 
     def to_c(self) -> _native.LinearRecipe:
@@ -218,7 +218,7 @@ class _RecipeC:
         g = recipe.gradient
         self.grad_seed = int(g.seed) if g is not None else 0
         self.grad_stochastic = g is not None and g.rounding == "stochastic"
-        self.sizes: Dict[Tuple[int, int], Tuple[int, int, int]] = {}
+        self.sizes: Dict[Tuple[int, int], Tuple[int, int, int, int]] = {}
         self.on_codes: Dict[int, bool] = {}
 
     def forward_on_codes(self, in_features: int) -> bool:
@@ -230,14 +230,15 @@ class _RecipeC:
             got = self.on_codes[in_features] = bool(flag.value)
         return got
 
-    def saved_sizes(self, tokens: int, in_features: int) -> Tuple[int, int, int]:
+    def saved_sizes(self, tokens: int, in_features: int) -> Tuple[int, int, int, int]:
+        """(code bytes, float scales, residual capacity, scale bytes) of the saved state."""
         key = (tokens, in_features)
         got = self.sizes.get(key)
         if got is None:
-            lens = (ctypes.c_int64(), ctypes.c_int64(), ctypes.c_int64())
+            lens = (ctypes.c_int64(), ctypes.c_int64(), ctypes.c_int64(), ctypes.c_int64())
             _native.check(_native.lib.fp4swift_linear_saved_sizes(tokens, in_features, self.ref,
                                                                   *(ctypes.byref(v) for v in lens)))
-            got = (lens[0].value, lens[1].value, lens[2].value)
+            got = (lens[0].value, lens[1].value, lens[2].value, lens[3].value)
             if len(self.sizes) >= 64:  # many shapes (e.g. varying sequence lengths): stay bounded
                 self.sizes.clear()
             self.sizes[key] = got

@@ -173,15 +173,23 @@ def test_empty_tokens(name):
     assert dx.shape == (0, 64) and np.all(dw == 0)
 
 
-def test_mxfp4_scales_are_e8m0_powers_of_two():
+def test_saved_scales_keep_their_stored_form():
+    # mxfp4 saves e8m0 exponent bytes (4.25 bits per element), nvfp4 e4m3 bytes (4.5 bits).
     rng = np.random.default_rng(1)
     x, w, b, dy = make(rng, (16, 64), 32)
     _, saved = f4.linear_forward(x, w, b, "mxfp4")
-    s = saved.x_scales.reshape(16, 2)
+    assert saved.x_scales.size == 0 and saved.x_scale_bytes.dtype == np.uint8
+    s = np.ldexp(np.float32(1), saved.x_scale_bytes.astype(np.int32) - 127).astype(np.float32)
     ref = ref_quantize(x, fmt="e2m1", granularity="block(32)", scale_rule="e8m0")
-    np.testing.assert_array_equal(s.reshape(-1), ref.scales.scale)
-    m, _ = np.frexp(s)
-    assert np.all(m == 0.5)
+    np.testing.assert_array_equal(s, ref.scales.scale)
+    assert saved.nbytes * 8 == x.size * 4.25
+    _, saved = f4.linear_forward(x, w, b, "nvfp4")
+    ref = ref_quantize(x, fmt="e2m1", granularity="block(16)", scale_rule="nvfp4")
+    np.testing.assert_array_equal(f4.decode(saved.x_scale_bytes, "e4m3"), ref.scales.scale)
+    assert saved.nbytes * 8 == x.size * 4.5 and saved.x_scales.size == 0
+    # Float rules keep float32 scales.
+    _, saved = f4.linear_forward(x, w, b, "fp4-direct")
+    assert saved.x_scale_bytes.size == 0 and saved.x_scales.dtype == np.float32
 
 
 def test_nvfp4_gradient_is_stochastic_and_unbiased():

@@ -197,10 +197,15 @@ typedef struct fp4swift_linear_saved {
     float *residual_values;
     int64_t residual_capacity;
     int64_t residual_nnz;      /* written by forward */
+    uint8_t *x_scale_bytes;    /* e8m0 / nvfp4 rules: the stored scale bytes (then x_scales is unused) */
+    int64_t x_scale_bytes_len;
 } fp4swift_linear_saved;
 
+/* Scales are saved in their stored form: x_scale_bytes_len bytes for rules that store a byte
+ * (e8m0 exponents, nvfp4 e4m3 codes; then x_scales_len = 0), else x_scales_len floats. */
 int32_t fp4swift_linear_saved_sizes(int64_t tokens, int64_t in_features, const fp4swift_linear_recipe *recipe,
-                                    int64_t *x_codes_len, int64_t *x_scales_len, int64_t *residual_capacity);
+                                    int64_t *x_codes_len, int64_t *x_scales_len, int64_t *residual_capacity,
+                                    int64_t *x_scale_bytes_len);
 /* bias may be NULL. */
 int32_t fp4swift_linear_forward(const float *x, int64_t tokens, int64_t in_features,
                                 const float *w, int64_t out_features, const float *bias,

@@ -1,11 +1,15 @@
 /// Caller-owned buffers of what the forward saves for the backward (numerics.md §6): X_q as
 /// codes + scales and the sparse OCC residual, never a float32 copy of X. W is not
-/// saved: the backward recomputes W_q from W.
+/// saved: the backward recomputes W_q from W. Scales are kept in their stored form: the
+/// exponent bytes of `e8m0` and the e4m3 bytes of `nvfp4` (`xScaleBytes`), float32 otherwise
+/// (`xScales`), so MXFP4 saves 4.25 and NVFP4 4.5 bits per element.
 public struct LinearSaved {
     public var xCodes: UnsafeMutablePointer<UInt8>?
     public var xCodesCount: Int
     public var xScales: UnsafeMutablePointer<Float>?
     public var xScalesCount: Int
+    public var xScaleBytes: UnsafeMutablePointer<UInt8>?
+    public var xScaleBytesCount: Int
     public var xTensorScale: Float
     public var residualIndptr: UnsafeMutablePointer<Int64>?
     public var residualIndices: UnsafeMutablePointer<Int32>?
@@ -16,8 +20,11 @@ public struct LinearSaved {
     public init(xCodes: UnsafeMutablePointer<UInt8>?, xCodesCount: Int, xScales: UnsafeMutablePointer<Float>?,
                 xScalesCount: Int, xTensorScale: Float = 1,
                 residualIndptr: UnsafeMutablePointer<Int64>?, residualIndices: UnsafeMutablePointer<Int32>?,
-                residualValues: UnsafeMutablePointer<Float>?, residualCapacity: Int, residualNNZ: Int = 0) {
+                residualValues: UnsafeMutablePointer<Float>?, residualCapacity: Int, residualNNZ: Int = 0,
+                xScaleBytes: UnsafeMutablePointer<UInt8>? = nil, xScaleBytesCount: Int = 0) {
         self.xCodes = xCodes
+        self.xScaleBytes = xScaleBytes
+        self.xScaleBytesCount = xScaleBytesCount
         self.xCodesCount = xCodesCount
         self.xScales = xScales
         self.xScalesCount = xScalesCount
@@ -28,12 +35,45 @@ public struct LinearSaved {
         self.residualCapacity = residualCapacity
         self.residualNNZ = residualNNZ
     }
+
+    /// Writes a quantization's scales in the stored form of its rule.
+    mutating func storeScales(_ ts: TensorScales, rule: ScaleRule) throws {
+        if rule.storesScaleByte {
+            guard let out = xScaleBytes else { throw FP4Error.invalid("the saved state has no scale-byte buffer") }
+            for g in 0..<ts.groups.count { out[g] = ts.groups[g].byte }
+        } else {
+            guard let out = xScales else { throw FP4Error.invalid("the saved state has no scale buffer") }
+            for g in 0..<ts.groups.count { out[g] = ts.groups[g].scale }
+        }
+        xTensorScale = ts.tensorScale
+    }
+
+    /// Calls `body` with the saved X's float scales (decoded from the stored bytes for rules
+    /// that store them: the same floats the quantizer used).
+    func withFloatScales<R>(_ q: Quantizer, count: Int, _ body: (UnsafePointer<Float>) throws -> R) throws -> R {
+        if q.scaleRule.storesScaleByte {
+            guard let bytes = xScaleBytes else { throw FP4Error(.invalidState, "the saved state holds no scale bytes") }
+            var floats = [Float](repeating: 0, count: Swift.max(count, 1))
+            for g in 0..<count {
+                guard let v = q.scaleRule.scale(ofStoredByte: bytes[g]) else {
+                    throw FP4Error(.invalidState, "saved scale byte \(g) (\(bytes[g])) is NaN in the \(q.scaleRule.name) encoding")
+                }
+                floats[g] = v
+            }
+            return try floats.withUnsafeBufferPointer { try body($0.baseAddress!) }
+        }
+        guard let scales = xScales else { throw FP4Error(.invalidState, "the saved state holds no scales") }
+        return try body(UnsafePointer(scales))
+    }
 }
 
 /// Sizes of the saved-state buffers for a [tokens, inFeatures] input.
 public struct LinearSavedSizes: Sendable, Equatable {
     public var xCodes: Int
+    /// Float32 scales (rules without a stored byte).
     public var xScales: Int
+    /// Scale bytes (`e8m0`, `nvfp4`).
+    public var xScaleBytes: Int = 0
     /// Upper bound on the residual's non-zeros (0 without OCC compensation).
     public var residualCapacity: Int
     /// Rows of the residual's CSR (indptr holds residualRows + 1 entries).
@@ -70,8 +110,9 @@ public enum LinearLayer {
         if let occ = recipe.occ, occ.compensate, recipe.savesForwardInput {
             cap = OCC.residualCapacity(rows: T, cols: K, alpha: occ.alpha, perRow: occ.perRow)
         }
-        return LinearSavedSizes(xCodes: q.codeBytes(count: T * K), xScales: L.groupCount,
-                                residualCapacity: cap, residualRows: T)
+        let bytes = q.scaleRule.storesScaleByte
+        return LinearSavedSizes(xCodes: q.codeBytes(count: T * K), xScales: bytes ? 0 : L.groupCount,
+                                xScaleBytes: bytes ? L.groupCount : 0, residualCapacity: cap, residualRows: T)
     }
 
     static func checkShapes(_ T: Int, _ K: Int, _ N: Int) throws {
@@ -107,7 +148,7 @@ public enum LinearLayer {
         try recipe.validate()
         let sizes = try savedSizes(tokens: T, inFeatures: K, recipe: recipe)
         guard saved.xCodesCount >= sizes.xCodes, saved.xScalesCount >= sizes.xScales,
-              saved.residualCapacity >= sizes.residualCapacity else {
+              saved.xScaleBytesCount >= sizes.xScaleBytes, saved.residualCapacity >= sizes.residualCapacity else {
             throw FP4Error.invalid("saved-state buffers are smaller than fp4swift_linear_saved_sizes reports")
         }
         saved.residualNNZ = 0
@@ -147,16 +188,15 @@ public enum LinearLayer {
                 }
             }
             if let c = clampInQuantizer {
-                guard let codes = saved.xCodes, let scalesOut = saved.xScales else {
-                    throw FP4Error.invalid("a quantized input needs the code and scale buffers of the saved state")
+                guard let codes = saved.xCodes else {
+                    throw FP4Error.invalid("a quantized input needs the code buffer of the saved state")
                 }
                 // Compensation: ΔX is added to each row of the operand right after it is written.
                 guard let ts = try q.quantizeClamped(x, rows: T, cols: K, thresholds: c.thresholds, perRow: c.perRow, minMax: c.minMax,
                                                      codes: codes, dequantized: buffer, residual: residualAdded(saved)) else {
                     throw FP4Error.invalid("internal: the input quantizer cannot clamp while quantizing")
                 }
-                for g in 0..<ts.groups.count { scalesOut[g] = ts.groups[g].scale }
-                saved.xTensorScale = ts.tensorScale
+                try saved.storeScales(ts, rule: q.scaleRule)
             } else if recipe.savesForwardInput {
                 try saveInput(q, source, rows: T, cols: K, saved: &saved, dequantized: buffer)
             } else if let buffer {
@@ -222,12 +262,11 @@ public enum LinearLayer {
     /// Quantizes X into the saved codes and scales (non-finite X throws).
     static func saveInput(_ q: Quantizer, _ x: UnsafePointer<Float>, rows T: Int, cols K: Int, saved: inout LinearSaved,
                           dequantized: UnsafeMutablePointer<Float>?) throws {
-        guard let codes = saved.xCodes, let scalesOut = saved.xScales else {
-            throw FP4Error.invalid("a quantized input needs the code and scale buffers of the saved state")
+        guard let codes = saved.xCodes else {
+            throw FP4Error.invalid("a quantized input needs the code buffer of the saved state")
         }
         let ts = try q.quantize(x, rows: T, cols: K, codes: codes, dequantized: dequantized)
-        for g in 0..<ts.groups.count { scalesOut[g] = ts.groups[g].scale }
-        saved.xTensorScale = ts.tensorScale
+        try saved.storeScales(ts, rule: q.scaleRule)
     }
 
     /// Backward. `x` is needed only when the recipe keeps X in float32 (it is then the
@@ -281,15 +320,18 @@ public enum LinearLayer {
             var xd: Scratch?
             let xOperand: UnsafePointer<Float>
             if let q = recipe.savedInput {
-                guard let codes = saved.xCodes, let scales = saved.xScales else {
+                guard let codes = saved.xCodes else {
                     throw FP4Error(.invalidState, "the saved state holds no activation codes")
                 }
                 let buffer = Scratch(T * K)
                 xd = buffer
                 // dYᵀ·X_q + dYᵀ·ΔX = dYᵀ·(X_q + ΔX): ΔX added row by row as X_q is decoded.
                 let compensated = recipe.occ?.compensate == true && recipe.savesForwardInput
-                try q.dequantize(codes: codes, rows: T, cols: K, scales: scales, tensorScale: saved.xTensorScale, into: buffer.pointer,
-                                 residual: compensated ? residualAdded(saved) : nil)
+                let groups = try q.granularity.layout(rows: T, cols: K).groupCount
+                try saved.withFloatScales(q, count: groups) { scales in
+                    try q.dequantize(codes: codes, rows: T, cols: K, scales: scales, tensorScale: saved.xTensorScale,
+                                     into: buffer.pointer, residual: compensated ? residualAdded(saved) : nil)
+                }
                 xOperand = UnsafePointer(buffer.pointer)
             } else {
                 guard let x else { throw FP4Error.invalid("a float32-input recipe needs x in the backward") }

@@ -84,16 +84,19 @@ extension LinearLayer {
     static func forwardOnCodes(saved: LinearSaved, tokens T: Int, inFeatures K: Int, w: UnsafePointer<Float>,
                                outFeatures N: Int, bias: UnsafePointer<Float>?, recipe: LinearRecipe,
                                y: UnsafeMutablePointer<Float>) throws {
-        guard let qx = recipe.input, let qw = recipe.weight, let codes = saved.xCodes, let xs = saved.xScales else {
+        guard let qx = recipe.input, let qw = recipe.weight, let codes = saved.xCodes else {
             throw FP4Error(.invalidState, "the saved state holds no activation codes for the packed forward")
         }
         let residual = residualAdded(saved)
         // The compensation ΔX·W_qᵀ multiplies the dequantized W_q in float32 (a sparse product).
         let wq = residual != nil ? Scratch(N * K) : nil
         let wc = try CodedOperand(w, rows: N, cols: K, qw, dequantized: wq?.pointer)
-        let xOperand = GEMMOperand(codes: UnsafePointer(codes), rows: T, cols: K, format: qx.format,
-                                   granularity: qx.granularity, scales: UnsafePointer(xs), tensorScale: saved.xTensorScale)
-        try wc.withOperand { try PackedGEMM.multiply(xOperand, $0, into: y) }
+        let groups = try qx.granularity.layout(rows: T, cols: K).groupCount
+        try saved.withFloatScales(qx, count: groups) { xs in
+            let xOperand = GEMMOperand(codes: UnsafePointer(codes), rows: T, cols: K, format: qx.format,
+                                       granularity: qx.granularity, scales: xs, tensorScale: saved.xTensorScale)
+            try wc.withOperand { try PackedGEMM.multiply(xOperand, $0, into: y) }
+        }
         if let r = residual, let wq {
             OCC.csrMatmulTransposed(indptr: r.indptr, indices: r.indices, values: r.values, rows: T, cols: K,
                                     w: UnsafePointer(wq.pointer), n: N, into: y)
