@@ -145,7 +145,10 @@ struct DGEKernel {
                     let gr = g + start
                     for i in 0..<L.groupCols { gr[i] *= atZero }
                 } else {
-                    scaleGradient(g, w, start..<(start + L.groupCols), scale: s.scale, clampToRange: clampToRange)
+                    // Groups that encode by multiplying: v = w / (1 / multiplier) (exact for the
+                    // e8m0 byte-0 groups; nvfp4_torchao shares nvfp4's two-level gap, numerics.md §10).
+                    let scale = s.multiplier != 0 ? 1 / s.multiplier : s.scale
+                    scaleGradient(g, w, start..<(start + L.groupCols), scale: scale, clampToRange: clampToRange)
                 }
             }
         }

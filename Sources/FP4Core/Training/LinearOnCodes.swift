@@ -57,7 +57,7 @@ extension LinearLayer {
             do {
                 let ts = try q.quantize(src, rows: rows, cols: cols, codes: codes, dequantized: dequantized)
                 scales = ts.groups.map(\.scale)
-                tensorScale = ts.tensorScale
+                tensorScale = q.scaleRule.gemmTensorScale(ts.tensorScale)
             } catch {
                 codes.deallocate()
                 throw error
@@ -90,7 +90,7 @@ extension LinearLayer {
         let wq = residual != nil ? Scratch(N * K) : nil
         let wc = try CodedOperand(w, rows: N, cols: K, qw, dequantized: wq?.pointer)
         let xOperand = GEMMOperand(codes: UnsafePointer(codes), rows: T, cols: K, format: qx.format,
-                                   granularity: qx.granularity, scales: UnsafePointer(xs), tensorScale: saved.xTensorScale)
+                                   granularity: qx.granularity, scales: UnsafePointer(xs), tensorScale: qx.scaleRule.gemmTensorScale(saved.xTensorScale))
         try wc.withOperand { try PackedGEMM.multiply(xOperand, $0, into: y) }
         if let r = residual, let wq {
             OCC.csrMatmulTransposed(indptr: r.indptr, indices: r.indices, values: r.values, rows: T, cols: K,
