@@ -67,9 +67,26 @@ class Recipe:
 
     @staticmethod
     def get(name: str) -> "Recipe":
-        """A built-in recipe by name (see `recipes()`)."""
+        """A built-in recipe by name (see `recipes()`), or a recipe spec: a name with overrides of
+        its fields and `replace` shortcuts, `"mxfp4:scale_rule=e8m0_rceil"`,
+        `"nvfp4:scale_rule=nvfp4_torchao:stochastic_bits=8"`, `"wang2025:dge=off:alpha=0.97"`
+        (values: on/off/true/false, numbers, or names)."""
         if isinstance(name, Recipe):
             return name
+        if isinstance(name, str) and ":" in name:
+            base, *mods = name.split(":")
+            changes: Dict[str, Any] = {}
+            for m in mods:
+                key, eq, val = m.partition("=")
+                if not eq or not key.strip():
+                    raise ValueError(f"recipe spec {name!r}: overrides look like name:field=value, got {m!r}")
+                if key.strip() in changes:
+                    raise ValueError(f"recipe spec {name!r}: {key.strip()} is given twice")
+                changes[key.strip()] = _spec_value(val)
+            try:
+                return Recipe.get(base.strip()).replace(**changes)
+            except TypeError as e:
+                raise ValueError(f"recipe spec {name!r}: {e}") from None
         check_choice(name, list(_RECIPES), "recipe")
         return _RECIPES[name]
 
@@ -192,6 +209,21 @@ class Recipe:
                                     int(self.wgrad_hadamard), int(self.seed),
                                     *backward(self.backward_weight), *backward(self.backward_input),
                                     GEMM_MODES[self.gemm])
+
+
+def _spec_value(v: str) -> Any:
+    """A recipe-spec value: on/true/yes and off/false/no as bools, then int, float, else the text."""
+    low = v.strip().lower()
+    if low in ("on", "true", "yes"):
+        return True
+    if low in ("off", "false", "no"):
+        return False
+    for conv in (int, float):
+        try:
+            return conv(v)
+        except ValueError:
+            pass
+    return v.strip()
 
 
 def _replace_quantizers(r: "Recipe", rule: Any, bits: Any) -> "Recipe":
