@@ -196,3 +196,38 @@ def test_train_and_torch_accept_the_specs():
     y = m(torch.randn(16, 32))
     y.sum().backward()
     assert torch.isfinite(m[0].weight.grad).all()
+
+
+# ---------------------------------------------------------------------------------------
+# fp4swift rules
+
+
+def test_cli_rules_prints_where_rules_disagree(tmp_path, capsys):
+    from fp4swift import cli
+
+    x = np.random.default_rng(0).standard_normal((8, 64)).astype(F32)
+    np.save(tmp_path / "x.npy", x)
+    assert cli.main(["rules", "--input", str(tmp_path / "x.npy"), "--show", "2"]) == 0
+    out = capsys.readouterr().out
+    for r in ("e8m0_ceil", "e8m0_even", "e8m0_rceil", "nvfp4_torchao"):
+        assert r in out
+    # The table's counts are the library's: e8m0 vs e8m0_ceil scale bytes differ in every block
+    # whose amax is not a power of two.
+    q0 = f4.quantize(x, granularity="block(32)", scale_rule="e8m0")
+    q1 = f4.quantize(x, granularity="block(32)", scale_rule="e8m0_ceil")
+    n = int(np.count_nonzero(q0.scales != q1.scales))
+    assert f"e8m0           e8m0_ceil      {n:8,} ({100 * n / q0.scales.size:5.1f}%)" in out
+    assert "blocks where the rules disagree" in out
+
+
+def test_cli_rules_bad_arguments(tmp_path, capsys):
+    from fp4swift import cli
+
+    assert cli.main(["rules", "--fmt", "e8m0"]) == 2
+    assert "element format" in capsys.readouterr().err
+    assert cli.main(["rules", "--show", "-1"]) == 2
+    np.save(tmp_path / "odd.npy", np.ones((4, 20), F32))
+    assert cli.main(["rules", "--input", str(tmp_path / "odd.npy")]) == 1
+    assert "not a multiple of 32" in capsys.readouterr().out
+    np.save(tmp_path / "nan.npy", np.full((4, 32), np.nan, F32))
+    assert cli.main(["rules", "--input", str(tmp_path / "nan.npy")]) == 2
