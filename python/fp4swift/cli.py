@@ -237,7 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "writes a checkpoint; --resume continues exactly where the run stopped.")
     t.add_argument("--recipes", help="comma-separated recipes (default fp32,fp4-direct,wang2025); fp32 = the "
                                      "unconverted model; ablations override recipe fields: wang2025:dge=off, "
-                                     "wang2025:alpha=0.97, wang2025:occ=off, wang2025:granularity=tensor")
+                                     "wang2025:alpha=0.97, wang2025:occ=off, wang2025:granularity=tensor; other scale "
+                                     "rules and r-bit stochastic rounding: mxfp4:scale_rule=e8m0_rceil, "
+                                     "nvfp4:scale_rule=nvfp4_torchao:stochastic_bits=8")
     _model_args(t)
     t.add_argument("--switch-at", type=float,
                    help="target-precision schedule (Zhou et al.): at this fraction of the steps (e.g. 0.9) switch "
