@@ -28,8 +28,8 @@ private struct CheckedOperand {
         guard d.tensor_scale.isFinite, d.tensor_scale != 0 else {
             throw invalid("\(name).tensor_scale must be finite and non-zero, got \(d.tensor_scale)")
         }
-        if q.scaleRule != .nvfp4 && d.tensor_scale != 1 {
-            throw invalid("\(name).tensor_scale is \(d.tensor_scale), but only the nvfp4 rule has a tensor scale (pass 1)")
+        if !q.scaleRule.isTwoLevel && d.tensor_scale != 1 {
+            throw invalid("\(name).tensor_scale is \(d.tensor_scale), but only the nvfp4 and nvfp4_torchao rules have a tensor scale (pass 1)")
         }
         var s = [Float](repeating: 0, count: Swift.max(L.groupCount, 1))
         if n == 0 {
@@ -41,7 +41,7 @@ private struct CheckedOperand {
                 throw invalid("\(name): the \(q.scaleRule.name) rule stores float scales; pass scales, not scale_bytes")
             }
             for g in 0..<L.groupCount {
-                guard let v = q.scaleRule.scale(ofStoredByte: bytes[g]) else {
+                guard let v = q.scaleRule.floatScale(ofStoredByte: bytes[g], tensorScale: d.tensor_scale) else {
                     throw invalid("\(name).scale_bytes[\(g)] = \(bytes[g]) is NaN in the \(q.scaleRule.name) encoding")
                 }
                 s[g] = v
@@ -59,7 +59,8 @@ private struct CheckedOperand {
         let codes = d.codes ?? UnsafePointer(bitPattern: 1)!  // never read when the tensor is empty
         try scales.withUnsafeBufferPointer { s in
             try body(GEMMOperand(codes: codes, rows: Int(d.rows), cols: Int(d.cols), format: q.format,
-                                 granularity: q.granularity, scales: s.baseAddress!, tensorScale: d.tensor_scale))
+                                 granularity: q.granularity, scales: s.baseAddress!,
+                                 tensorScale: q.scaleRule.gemmTensorScale(d.tensor_scale)))
         }
     }
 }

@@ -79,7 +79,7 @@ func quantizer(_ qp: UnsafePointer<fp4swift_quantizer>?) throws -> (Quantizer, N
     guard let rule = ScaleRule(rawValue: Int(q.scale_rule)) else { throw invalid("unknown scale rule index \(q.scale_rule)") }
     guard let policy = NonFinitePolicy(rawValue: Int(q.nonfinite)) else { throw invalid("unknown non-finite policy \(q.nonfinite)") }
     let quant = Quantizer(format: try format(q.format), granularity: granularity, scaleRule: rule,
-                          rounding: try rounding(q.rounding), seed: q.seed)
+                          rounding: try rounding(q.rounding), seed: q.seed, stochasticBits: Int(q.stochastic_bits))
     try quant.validate()
     return (quant, policy)
 }

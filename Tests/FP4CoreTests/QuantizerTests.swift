@@ -190,11 +190,15 @@ final class QuantizerTests: XCTestCase {
             assertBitwiseEqual(try q.fakeQuantize(x, rows: 1, cols: 16).out, x, rule.name)
             let (codes, ts) = try q.quantize(x, rows: 1, cols: 16)
             XCTAssertEqual(codes, [0x80, 0x00, 0x08, 0, 0, 0, 0, 0x80], rule.name)  // -0 at 1, 4, 15
-            XCTAssertTrue(ts.groups[0].isZero, rule.name)
+            // nvfp4_torchao: P = 1 (torchao's P = 0 would give NaN), sb = clamp(0, 2^-6, 448): a
+            // non-zero block scale whose elements still encode signed zeros.
+            XCTAssertEqual(ts.groups[0].isZero, rule != .nvfp4Torchao, rule.name)
             XCTAssertEqual(ts.tensorScale, 1, rule.name)
             switch rule {
-            case .e8m0: XCTAssertEqual(ts.groups[0].scale, Float(bitPattern: 0x0040_0000)); XCTAssertEqual(ts.groups[0].byte, 0)
+            case .e8m0, .e8m0Ceil, .e8m0Even, .e8m0Rceil:
+                XCTAssertEqual(ts.groups[0].scale, Float(bitPattern: 0x0040_0000), rule.name); XCTAssertEqual(ts.groups[0].byte, 0, rule.name)
             case .nvfp4: XCTAssertEqual(ts.groups[0].byte, 0)
+            case .nvfp4Torchao: XCTAssertEqual(ts.groups[0].byte, 0x08); XCTAssertEqual(ts.groups[0].scale, 0x1p-6)
             default: XCTAssertEqual(ts.groups[0].scale, 1, rule.name)
             }
         }

@@ -178,7 +178,8 @@ final class ScaleRuleTests: XCTestCase {
     }
 
     func testRuleNames() {
-        XCTAssertEqual(ScaleRule.allCases.map(\.name), ["absmax", "pow2", "e8m0", "nvfp4", "absmax_div3", "quest"])
+        // Existing indices are an ABI contract; later rules are appended (ReferenceRuleTests).
+        XCTAssertEqual(Array(ScaleRule.allCases.map(\.name).prefix(6)), ["absmax", "pow2", "e8m0", "nvfp4", "absmax_div3", "quest"])
         XCTAssertTrue(ScaleRule.e8m0.storesScaleBytes)
         XCTAssertTrue(ScaleRule.nvfp4.storesScaleBytes)
         XCTAssertFalse(ScaleRule.absmax.storesScaleBytes)

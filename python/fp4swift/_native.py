@@ -53,6 +53,7 @@ class Quantizer(ctypes.Structure):
         ("rounding", c_int32),
         ("nonfinite", c_int32),
         ("seed", c_uint64),
+        ("stochastic_bits", c_int32),
     ]
 
 

@@ -1,6 +1,7 @@
 """The `fp4swift` command.
 
     fp4swift formats [--input X.npy] [--rows R --cols C]   fidelity and throughput of every quantizer
+    fp4swift rules [--input X.npy] [--fmt e2m1] [--show N]  where the scale rules of one family disagree
     fp4swift train [--arch llama|gpt2] [--recipes fp32,fp4-direct,wang2025] [--steps N | --tokens N]
                    [--out DIR] [--resume]              train a small LLaMA- or GPT-2-style model under each recipe
     fp4swift fidelity [--steps N | --checkpoint PATH]    Wang et al. Table 1 on the model's activations
@@ -39,6 +40,36 @@ def _median_time(fn, repeats: int = 5) -> float:
     return float(np.median(times[1:]))
 
 
+def _load_input(args: argparse.Namespace, error) -> "tuple":
+    """(x, source) from --input or a synthetic activation-like tensor, or (None, status)."""
+    if args.input:
+        try:
+            x = np.load(args.input, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            return None, error(f"cannot read {args.input}: {e}")
+        if not isinstance(x, np.ndarray) or x.dtype.kind not in "fiub" or x.dtype == np.bool_:
+            return None, error(f"{args.input} must hold one numeric array, got {getattr(x, 'dtype', type(x).__name__)}")
+        source = args.input
+    else:
+        for flag in ("rows", "cols"):
+            if getattr(args, flag) <= 0:
+                return None, error(f"--{flag} must be positive, got {getattr(args, flag)}")
+        if args.rows * args.cols > 1 << 28:
+            return None, error(f"--rows x --cols = {args.rows * args.cols:,} elements is too large (at most {1 << 28:,})")
+        if args.seed < 0:
+            return None, error(f"--seed must be 0 or more, got {args.seed}")
+        x = _activation_like(args.rows, args.cols, args.seed)
+        source = f"synthetic activation-like tensor {args.rows}x{args.cols} (Student-t(4) + outlier channels)"
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim == 0 or x.size == 0:
+        return None, error("the input tensor is empty")
+    bad = int(np.count_nonzero(~np.isfinite(x)))
+    if bad:
+        return None, error(f"the input holds {bad:,} non-finite value(s) (NaN or inf, or beyond float32's range); "
+                     f"the table needs finite values")
+    return x, source
+
+
 def cmd_formats(args: argparse.Namespace) -> int:
     import fp4swift as f4
 
@@ -46,31 +77,9 @@ def cmd_formats(args: argparse.Namespace) -> int:
         print(f"fp4swift formats: error: {msg}", file=sys.stderr)
         return 2
 
-    if args.input:
-        try:
-            x = np.load(args.input, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            return error(f"cannot read {args.input}: {e}")
-        if not isinstance(x, np.ndarray) or x.dtype.kind not in "fiub" or x.dtype == np.bool_:
-            return error(f"{args.input} must hold one numeric array, got {getattr(x, 'dtype', type(x).__name__)}")
-        source = args.input
-    else:
-        for flag in ("rows", "cols"):
-            if getattr(args, flag) <= 0:
-                return error(f"--{flag} must be positive, got {getattr(args, flag)}")
-        if args.rows * args.cols > 1 << 28:
-            return error(f"--rows x --cols = {args.rows * args.cols:,} elements is too large (at most {1 << 28:,})")
-        if args.seed < 0:
-            return error(f"--seed must be 0 or more, got {args.seed}")
-        x = _activation_like(args.rows, args.cols, args.seed)
-        source = f"synthetic activation-like tensor {args.rows}x{args.cols} (Student-t(4) + outlier channels)"
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if x.ndim == 0 or x.size == 0:
-        return error("the input tensor is empty")
-    bad = int(np.count_nonzero(~np.isfinite(x)))
-    if bad:
-        return error(f"the input holds {bad:,} non-finite value(s) (NaN or inf, or beyond float32's range); "
-                     f"the table needs finite values")
+    x, source = _load_input(args, error)
+    if x is None:
+        return source
     out = np.empty_like(x)
     copy_t = _median_time(lambda: np.copyto(out, x))
     configs = [
@@ -103,6 +112,94 @@ def cmd_formats(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Scale-rule families that answer the same question differently (numerics.md §2), with their block.
+RULE_FAMILIES = {
+    "e8m0": (("e8m0", "e8m0_ceil", "e8m0_even", "e8m0_rceil"), 32),
+    "nvfp4": (("nvfp4", "nvfp4_torchao"), 16),
+}
+
+
+def _element_codes(q, n: int) -> np.ndarray:
+    """One code per element of a QuantizedTensor (FP4 codes unpacked from their nibbles)."""
+    c = q.codes
+    if q.codes.size == n:
+        return c
+    both = np.empty(2 * c.size, dtype=np.uint8)
+    both[0::2], both[1::2] = c & 0xF, c >> 4
+    return both[:n]
+
+
+def cmd_rules(args: argparse.Namespace) -> int:
+    """Where the rules of a family disagree on one tensor: per pair, the share of blocks whose
+    stored scale byte differs and of elements whose x̂ differs, each rule's error, then the first
+    disagreeing blocks with their scale bytes and the elements that differ."""
+    import fp4swift as f4
+
+    def error(msg: str) -> int:
+        print(f"fp4swift rules: error: {msg}", file=sys.stderr)
+        return 2
+
+    if args.show < 0:
+        return error(f"--show must be 0 or more, got {args.show}")
+    families = list(RULE_FAMILIES) if args.family == "all" else [args.family]
+    if args.fmt not in f4.FORMATS or f4.format_info(args.fmt).scale_only:
+        return error(f"--fmt must be an element format, got {args.fmt!r}")
+    x, source = _load_input(args, error)
+    if x is None:
+        return source
+    print(f"input: {source}; shape {x.shape}")
+    status = 0
+    for fam in families:
+        rules, block = RULE_FAMILIES[fam]
+        fmt = "e2m1" if fam == "nvfp4" else args.fmt
+        cols = x.shape[-1] if x.ndim else 1
+        if cols % block:
+            print(f"\n{fam} family: skipped (the last dimension, {cols}, is not a multiple of {block})")
+            status = status or 1
+            continue
+        kw = dict(fmt=fmt, granularity=f"block({block})")
+        q = {r: f4.quantize(x, scale_rule=r, **kw) for r in rules}
+        xh = {r: q[r].dequantize().reshape(-1, block) for r in rules}
+        sb = {r: q[r].scales.reshape(-1) for r in rules}
+        xb = x.reshape(-1, block)
+        n_blocks = xb.shape[0]
+        print(f"\n{fam} family, {fmt} elements in blocks of {block} ({n_blocks:,} blocks, {x.size:,} elements)")
+        for r in rules:
+            m = f4.fidelity(x, xh[r].reshape(x.shape))
+            extra = f", tensor scale {q[r].tensor_scale:.9g}" if fam == "nvfp4" else ""
+            print(f"  {r:14} MSE {m['mse']:.4g}  SNR {m['snr_db']:6.2f} dB{extra}")
+        codes = {r: _element_codes(q[r], x.size) for r in rules}
+        header = (f"  {'rule a':14} {'rule b':14} {'scale bytes differ':>19} {'codes differ':>16} "
+                  f"{'x-hat differs':>16}")
+        print(header)
+        for i, a in enumerate(rules):
+            for b in rules[i + 1:]:
+                bd = np.count_nonzero(sb[a] != sb[b])
+                cd = np.count_nonzero(codes[a] != codes[b])
+                ed = np.count_nonzero(xh[a].view(np.uint32) != xh[b].view(np.uint32))
+                print(f"  {a:14} {b:14} {bd:8,} ({100 * bd / n_blocks:5.1f}%) {cd:7,} ({100 * cd / x.size:5.1f}%) "
+                      f"{ed:7,} ({100 * ed / x.size:5.1f}%)")
+        differ = np.flatnonzero(np.any(np.stack([np.any(xh[r].view(np.uint32) != xh[rules[0]].view(np.uint32), axis=1)
+                                                 for r in rules[1:]]), axis=0))
+        if args.show and differ.size:
+            print(f"  first {min(args.show, differ.size)} of {differ.size:,} blocks where the rules disagree "
+                  f"(block = flat index // {block}; scale bytes: e8m0 exponent b, 2^(b-127); nvfp4 e4m3 code):")
+            for g in differ[: args.show]:
+                amax = float(np.max(np.abs(xb[g])))
+                bytes_ = ", ".join(f"{r} {int(sb[r][g])}" for r in rules)
+                print(f"    block {g} (amax {amax:.6g}): scale bytes {bytes_}")
+                diff = np.flatnonzero(np.any(np.stack([xh[r][g].view(np.uint32) != xh[rules[0]][g].view(np.uint32)
+                                                       for r in rules[1:]]), axis=0))
+                for e in diff[:4]:
+                    vals = ", ".join(f"{r} {float(xh[r][g][e]):.9g}" for r in rules)
+                    print(f"      x[{g * block + e}] = {float(xb[g][e]):.9g} -> {vals}")
+                if diff.size > 4:
+                    print(f"      ... {diff.size - 4} more element(s) of this block differ")
+        elif not differ.size:
+            print("  the rules agree on every element of this input")
+    return status
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fp4swift", description="FP4 training numerics (Swift core).")
     sub = p.add_subparsers(dest="command", required=True)
@@ -112,6 +209,21 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--cols", type=int, default=2048)
     f.add_argument("--seed", type=int, default=0)
     f.set_defaults(func=cmd_formats)
+
+    rl = sub.add_parser("rules", help="where the scale rules of one family (e8m0 modes; nvfp4 vs nvfp4_torchao) "
+                                      "disagree on one tensor",
+                        description="Quantizes one tensor under every rule of a family (e8m0, e8m0_ceil, e8m0_even, "
+                                    "e8m0_rceil in blocks of 32; nvfp4 and nvfp4_torchao in blocks of 16) and prints "
+                                    "how often their scale bytes and dequantized values differ, each rule's error, and "
+                                    "the first blocks where they disagree (numerics.md §2).")
+    rl.add_argument("--input", help="a .npy file holding the tensor (default: a synthetic activation-like tensor)")
+    rl.add_argument("--rows", type=int, default=256)
+    rl.add_argument("--cols", type=int, default=1024)
+    rl.add_argument("--seed", type=int, default=0)
+    rl.add_argument("--family", choices=["all", *RULE_FAMILIES], default="all")
+    rl.add_argument("--fmt", default="e2m1", help="element format of the e8m0 family (default e2m1; nvfp4 is e2m1)")
+    rl.add_argument("--show", type=int, default=5, help="disagreeing blocks to list per family (default 5)")
+    rl.set_defaults(func=cmd_rules)
 
     t = sub.add_parser("train", help="train a small LLaMA- or GPT-2-style model under several precision recipes "
                                      "side by side",
@@ -125,7 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "writes a checkpoint; --resume continues exactly where the run stopped.")
     t.add_argument("--recipes", help="comma-separated recipes (default fp32,fp4-direct,wang2025); fp32 = the "
                                      "unconverted model; ablations override recipe fields: wang2025:dge=off, "
-                                     "wang2025:alpha=0.97, wang2025:occ=off, wang2025:granularity=tensor")
+                                     "wang2025:alpha=0.97, wang2025:occ=off, wang2025:granularity=tensor; other scale "
+                                     "rules and r-bit stochastic rounding: mxfp4:scale_rule=e8m0_rceil, "
+                                     "nvfp4:scale_rule=nvfp4_torchao:stochastic_bits=8")
     _model_args(t)
     t.add_argument("--switch-at", type=float,
                    help="target-precision schedule (Zhou et al.): at this fraction of the steps (e.g. 0.9) switch "

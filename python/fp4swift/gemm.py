@@ -18,12 +18,11 @@ import numpy as np
 
 from . import _native
 from ._arrays import as_matrix_shape, cptr
-from .quantization import QuantizedTensor
+from .quantization import BYTE_SCALE_RULES, QuantizedTensor
 
 PATHS = ("generic", "avx2", "avx512vnni")
 _PATH_INDEX = {"generic": _native.GEMM_PATH_GENERIC, "avx2": _native.GEMM_PATH_AVX2,
                "avx512vnni": _native.GEMM_PATH_AVX512VNNI}
-_BYTE_SCALE_RULES = ("e8m0", "nvfp4")
 _FP4 = ("e2m1", "e1m2", "e3m0")
 
 
@@ -42,8 +41,9 @@ def _operand(t: QuantizedTensor, name: str) -> _native.GemmOperand:
     op.rows, op.cols = rows, cols
     op.quantizer = t.spec.to_c()
     stored = np.ascontiguousarray(t.scales)
-    if t.spec.scale_rule in _BYTE_SCALE_RULES:
-        # The stored bytes themselves (e8m0 exponents, nvfp4 e4m3 codes), as saved state keeps them.
+    if t.spec.scale_rule in BYTE_SCALE_RULES:
+        # The stored bytes themselves (e8m0 exponents, nvfp4 e4m3 codes), as saved state keeps them
+        # (nvfp4_torchao: the library multiplies them by the tensor scale P).
         stored = stored.astype(np.uint8, copy=False)
         op.scale_bytes = cptr(stored, ctypes.c_uint8, _native.u8p)
     else:

@@ -25,6 +25,13 @@ GRANULARITY_CODES = {"tensor": _native.GRANULARITY_TENSOR, "row": _native.GRANUL
                      "column": _native.GRANULARITY_COLUMN, "block": _native.GRANULARITY_BLOCK,
                      "block2d": _native.GRANULARITY_BLOCK2D}
 
+#: Scale rules whose quantize() stores one byte per group (e8m0 exponents, e4m3 codes of sb).
+BYTE_SCALE_RULES = ("e8m0", "nvfp4", "e8m0_ceil", "e8m0_even", "e8m0_rceil", "nvfp4_torchao")
+#: Two-level rules: quantize() also returns a per-tensor scale (nvfp4: S; nvfp4_torchao: P).
+TWO_LEVEL_SCALE_RULES = ("nvfp4", "nvfp4_torchao")
+#: Largest `stochastic_bits` (0: exact-probability stochastic rounding).
+MAX_STOCHASTIC_BITS = 32
+
 #: Default block sizes when a block granularity is named without `block=`.
 DEFAULT_BLOCK = {"block": 32, "block2d": 16}
 
@@ -69,6 +76,18 @@ def get_num_threads() -> int:
     return int(_native.lib.fp4swift_get_num_threads())
 
 
+def check_stochastic_bits(bits: Any, rounding: str) -> int:
+    """`bits` as an int in 0..MAX_STOCHASTIC_BITS, non-zero only with stochastic rounding."""
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)):
+        raise TypeError(f"stochastic_bits must be an int, got {type(bits).__name__}")
+    if not 0 <= int(bits) <= MAX_STOCHASTIC_BITS:
+        raise ValueError(f"stochastic_bits must lie in 0..{MAX_STOCHASTIC_BITS} (0: exact-probability "
+                         f"stochastic rounding), got {bits}")
+    if bits and rounding != "stochastic":
+        raise ValueError(f"stochastic_bits={bits} applies to rounding='stochastic' only, not {rounding!r}")
+    return int(bits)
+
+
 def _parse_granularity(granularity: str, block: Optional[int]) -> Tuple[str, int]:
     """('block', 32) from 'block' + block=32 or from 'block(32)'."""
     if not isinstance(granularity, str):
@@ -92,7 +111,12 @@ def _parse_granularity(granularity: str, block: Optional[int]) -> Tuple[str, int
 
 @dataclass(frozen=True)
 class QuantizerSpec:
-    """A quantizer as data: format, granularity, scale rule, rounding, seed (numerics.md §2)."""
+    """A quantizer as data: format, granularity, scale rule, rounding, seed (numerics.md §2).
+
+    stochastic_bits: 0 (stochastic rounding with the exact probability), or r in 1..32:
+    r random bits added below the kept precision, then truncation, as hardware does it
+    (numerics.md §1). Only with rounding='stochastic'.
+    """
 
     fmt: str = "e2m1"
     granularity: str = "row"
@@ -101,11 +125,12 @@ class QuantizerSpec:
     block: int = 0
     seed: int = 0
     nonfinite: str = "propagate"
+    stochastic_bits: int = 0
 
     @staticmethod
     def make(fmt: str = "e2m1", granularity: str = "row", scale_rule: str = "absmax",
              rounding: str = "nearest_even", block: Optional[int] = None, seed: int = 0,
-             nonfinite: str = "propagate") -> "QuantizerSpec":
+             nonfinite: str = "propagate", stochastic_bits: int = 0) -> "QuantizerSpec":
         check_choice(fmt, FORMATS, "format")
         kind, n = _parse_granularity(granularity, block)
         check_choice(scale_rule, SCALE_RULES, "scale rule")
@@ -115,7 +140,8 @@ class QuantizerSpec:
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
         if not 0 <= int(seed) < 2**64:
             raise ValueError(f"seed must be in [0, 2**64), got {seed}")
-        return QuantizerSpec(fmt, kind, scale_rule, rounding, n, int(seed), nonfinite)
+        bits = check_stochastic_bits(stochastic_bits, rounding)
+        return QuantizerSpec(fmt, kind, scale_rule, rounding, n, int(seed), nonfinite, bits)
 
     @property
     def granularity_label(self) -> str:
@@ -125,7 +151,7 @@ class QuantizerSpec:
         return _native.Quantizer(
             FORMATS.index(self.fmt), GRANULARITY_CODES[self.granularity], self.block,
             SCALE_RULES.index(self.scale_rule), ROUNDINGS.index(self.rounding),
-            NONFINITE_CODES[self.nonfinite], self.seed,
+            NONFINITE_CODES[self.nonfinite], self.seed, self.stochastic_bits,
         )
 
     def layout(self, rows: int, cols: int) -> Tuple[int, int]:
@@ -201,20 +227,24 @@ def unpack_fp4(packed: Any, count: int) -> np.ndarray:
 
 def fake_quantize(x: Any, fmt: str = "e2m1", granularity: str = "row", scale_rule: str = "absmax",
                   rounding: str = "nearest_even", block: Optional[int] = None, seed: int = 0,
-                  nonfinite: str = "propagate", out: Optional[np.ndarray] = None) -> np.ndarray:
+                  nonfinite: str = "propagate", out: Optional[np.ndarray] = None,
+                  stochastic_bits: int = 0) -> np.ndarray:
     """Quantize and dequantize x in one pass: x̂ = round(x / s) · s per group (numerics.md §2).
 
     x: float array of any shape, viewed as [rows, cols] with the last axis as columns.
     granularity: 'tensor', 'row' (per token), 'column', 'block' / 'block(n)', 'block2d' / 'block2d(n)'.
-    scale_rule: 'absmax', 'pow2', 'e8m0', 'nvfp4', 'absmax_div3'.
+    scale_rule: 'absmax', 'pow2', 'e8m0', 'nvfp4', 'absmax_div3', 'quest', and the reference
+    implementations' rules 'e8m0_ceil', 'e8m0_even', 'e8m0_rceil' (torchao's / cuBLAS's E8M0
+    modes) and 'nvfp4_torchao' (torchao's NVFP4); `SCALE_RULES` lists them.
     rounding: 'nearest_even', 'nearest_away', 'stochastic' (draws depend on seed and flat index).
+    stochastic_bits: with 'stochastic', 0 (exact probability) or r in 1..32 random bits (numerics.md §1).
     nonfinite: 'propagate' sets every output of a group holding NaN/inf to NaN (and warns with
     the count); 'raise' raises NonFiniteError naming the first offending flat index.
     out: optional C-contiguous float32 array of x's shape to write into (may be x itself; an out
     that partly overlaps x gets x copied first, so the result is always that of a fresh out).
     Returns float32 with x's shape (`out` when given).
     """
-    spec = QuantizerSpec.make(fmt, granularity, scale_rule, rounding, block, seed, nonfinite)
+    spec = QuantizerSpec.make(fmt, granularity, scale_rule, rounding, block, seed, nonfinite, stochastic_bits)
     return fake_quantize_with(x, spec, out)
 
 
@@ -260,8 +290,10 @@ class QuantizedTensor:
     """Packed codes and per-group scales of a quantized tensor.
 
     codes: uint8, FP4 packed two per byte over the flat index (element 2i in the low nibble),
-    FP8 one per byte. scales: float32 [tile_rows, tile_cols], except the e8m0 rule (uint8
-    exponent bytes b, s = 2^(b−127)) and nvfp4 (uint8 e4m3 codes of sb, with `tensor_scale` S).
+    FP8 one per byte. scales: float32 [tile_rows, tile_cols], except the e8m0 rules (e8m0,
+    e8m0_ceil, e8m0_even, e8m0_rceil: uint8 exponent bytes b, s = 2^(b−127)), nvfp4 (uint8 e4m3
+    codes of sb, with `tensor_scale` S) and nvfp4_torchao (uint8 e4m3 codes of sb, with
+    `tensor_scale` P: x̂ = q · (P · sb)).
     """
 
     codes: np.ndarray
@@ -275,7 +307,7 @@ class QuantizedTensor:
     @property
     def nbytes(self) -> int:
         """Bytes of codes + stored scales (+4 for nvfp4's per-tensor S)."""
-        return int(self.codes.nbytes + self.scales.nbytes + (4 if self.spec.scale_rule == "nvfp4" else 0))
+        return int(self.codes.nbytes + self.scales.nbytes + (4 if self.spec.scale_rule in TWO_LEVEL_SCALE_RULES else 0))
 
     @property
     def bits_per_element(self) -> float:
@@ -295,7 +327,7 @@ class QuantizedTensor:
 
 def quantize(x: Any, fmt: str = "e2m1", granularity: str = "row", scale_rule: str = "absmax",
              rounding: str = "nearest_even", block: Optional[int] = None, seed: int = 0,
-             nonfinite: str = "raise") -> QuantizedTensor:
+             nonfinite: str = "raise", stochastic_bits: int = 0) -> QuantizedTensor:
     """Quantize x to packed codes + scales (numerics.md §1–2); same arguments as `fake_quantize`.
 
     Codes cannot hold NaN or inf: non-finite input raises NonFiniteError naming the first
@@ -303,7 +335,7 @@ def quantize(x: Any, fmt: str = "e2m1", granularity: str = "row", scale_rule: st
     """
     if nonfinite != "raise":
         raise ValueError("quantize cannot encode NaN/inf: nonfinite must be 'raise' (use fake_quantize to propagate)")
-    spec = QuantizerSpec.make(fmt, granularity, scale_rule, rounding, block, seed, "raise")
+    spec = QuantizerSpec.make(fmt, granularity, scale_rule, rounding, block, seed, "raise", stochastic_bits)
     return quantize_with(x, spec)
 
 
@@ -320,7 +352,7 @@ def quantize_with(x: Any, spec: QuantizerSpec) -> QuantizedTensor:
     q = spec.to_c()
     _native.check(_native.lib.fp4swift_quantize(fptr(a), rows, cols, ctypes.byref(q), u8ptr(codes), codes.size,
                                                 fptr(scales), u8ptr(scale_bytes), scales.size, ctypes.byref(S)))
-    stored = scale_bytes if spec.scale_rule in ("e8m0", "nvfp4") else scales
+    stored = scale_bytes if spec.scale_rule in BYTE_SCALE_RULES else scales
     return QuantizedTensor(codes, stored, tuple(a.shape), spec.fmt, spec, float(S.value), scales)
 
 

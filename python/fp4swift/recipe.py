@@ -12,7 +12,7 @@ import numpy as np
 from . import _native
 from ._arrays import check_choice, check_positive
 from .outliers import OCC_GROUPS, check_alpha
-from .quantization import QuantizerSpec
+from .quantization import SCALE_RULES, QuantizerSpec
 from .recipe_values import check_field_types, coerce_changes
 from .roles import ROLES
 
@@ -72,9 +72,26 @@ class Recipe:
 
     @staticmethod
     def get(name: str) -> "Recipe":
-        """A built-in recipe by name (see `recipes()`)."""
+        """A built-in recipe by name (see `recipes()`), or a recipe spec: a name with overrides of
+        its fields and `replace` shortcuts, `"mxfp4:scale_rule=e8m0_rceil"`,
+        `"nvfp4:scale_rule=nvfp4_torchao:stochastic_bits=8"`, `"wang2025:dge=off:alpha=0.97"`
+        (values: on/off/true/false, numbers, or names)."""
         if isinstance(name, Recipe):
             return name
+        if isinstance(name, str) and ":" in name:
+            base, *mods = name.split(":")
+            changes: Dict[str, Any] = {}
+            for m in mods:
+                key, eq, val = m.partition("=")
+                if not eq or not key.strip():
+                    raise ValueError(f"recipe spec {name!r}: overrides look like name:field=value, got {m!r}")
+                if key.strip() in changes:
+                    raise ValueError(f"recipe spec {name!r}: {key.strip()} is given twice")
+                changes[key.strip()] = _spec_value(val)
+            try:
+                return Recipe.get(base.strip()).replace(**changes)
+            except TypeError as e:
+                raise ValueError(f"recipe spec {name!r}: {e}") from None
         check_choice(name, list(_RECIPES), "recipe")
         return _RECIPES[name]
 
@@ -82,24 +99,32 @@ class Recipe:
         """A modified copy. Besides the fields, accepts shortcuts applied to both X and W:
         `fmt=`, `granularity=` (e.g. 'tensor' for tensor-wise scaling), and
         `grad_fp8=True` (dY cast to e5m2 with a per-tensor pow2 scale, as the paper's framework).
+        Two more shortcuts apply to every quantizer of the recipe (X, W, dY and own backward
+        operands): `scale_rule=` (e.g. 'e8m0_rceil' for mxfp4, 'nvfp4_torchao' for nvfp4) and
+        `stochastic_bits=r` (the quantizers with stochastic rounding; numerics.md §1).
         Quantizer fields take a QuantizerSpec, a format name, 'FMT/GRANULARITY[/RULE[/ROUNDING]]'
         or none; switches (occ, compensate, dge) a bool (see fp4swift.recipe_values)."""
         changes = coerce_changes(self, changes)
         fmt = changes.pop("fmt", None)
         gran = changes.pop("granularity", None)
         grad_fp8 = changes.pop("grad_fp8", None)
-        if self.kind == "quartet" and (fmt is not None or gran is not None or grad_fp8 is not None):
-            raise ValueError("the quartet recipe's formats and groups are fixed (numerics.md §6); fmt=, granularity= and "
-                             "grad_fp8= do not apply")
+        rule = changes.pop("scale_rule", None)
+        bits = changes.pop("stochastic_bits", None)
+        if self.kind == "quartet" and (fmt is not None or gran is not None or grad_fp8 is not None or rule is not None
+                                       or bits is not None):
+            raise ValueError("the quartet recipe's formats, groups, scale rules and rounding are fixed (numerics.md §6); "
+                             "fmt=, granularity=, grad_fp8=, scale_rule= and stochastic_bits= do not apply")
         r = dataclasses.replace(self, **changes)
         for attr in ("input", "weight"):
             q = getattr(r, attr)
             if q is not None and (fmt is not None or gran is not None):
                 q = QuantizerSpec.make(fmt or q.fmt, gran or q.granularity_label, q.scale_rule, q.rounding,
-                                       None, q.seed, q.nonfinite)
+                                       None, q.seed, q.nonfinite, q.stochastic_bits)
                 r = dataclasses.replace(r, **{attr: q})
         if grad_fp8 is not None:
             r = dataclasses.replace(r, gradient=FP8_GRADIENT if grad_fp8 else None)
+        if rule is not None or bits is not None:
+            r = _replace_quantizers(r, rule, bits)
         r.validate()
         return r
 
@@ -190,6 +215,40 @@ class Recipe:
                                     int(self.wgrad_hadamard), int(self.seed),
                                     *backward(self.backward_weight), *backward(self.backward_input),
                                     GEMM_MODES[self.gemm], BACKWARD_GROUPINGS[self.backward_grouping])
+
+
+def _spec_value(v: str) -> Any:
+    """A recipe-spec value: on/true/yes and off/false/no as bools, then int, float, else the text."""
+    low = v.strip().lower()
+    if low in ("on", "true", "yes"):
+        return True
+    if low in ("off", "false", "no"):
+        return False
+    for conv in (int, float):
+        try:
+            return conv(v)
+        except ValueError:
+            pass
+    return v.strip()
+
+
+def _replace_quantizers(r: "Recipe", rule: Any, bits: Any) -> "Recipe":
+    """`r` with every quantizer's scale rule set to `rule` and, for the stochastic ones, its
+    stochastic_bits to `bits` (None: unchanged)."""
+    if rule is not None:
+        check_choice(rule, SCALE_RULES, "scale rule")
+    fields = ("input", "weight", "gradient", "backward_weight", "backward_input")
+    specs = {f: getattr(r, f) for f in fields if isinstance(getattr(r, f), QuantizerSpec)}
+    if not specs:
+        raise ValueError(f"recipe {r.name!r} quantizes nothing: scale_rule= and stochastic_bits= do not apply")
+    if bits is not None and not any(q.rounding == "stochastic" for q in specs.values()):
+        raise ValueError(f"stochastic_bits={bits!r}: no quantizer of recipe {r.name!r} rounds stochastically")
+    out = {}
+    for f, q in specs.items():
+        b = q.stochastic_bits if bits is None or q.rounding != "stochastic" else bits
+        out[f] = QuantizerSpec.make(q.fmt, q.granularity_label, rule or q.scale_rule, q.rounding, None, q.seed,
+                                    q.nonfinite, b)
+    return dataclasses.replace(r, **out)
 
 
 RECIPE_KINDS = ["linear", "quartet"]

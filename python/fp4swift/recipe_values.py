@@ -6,13 +6,16 @@ types or raises one clear TypeError / ValueError naming the field and what it ta
 
 - quantizer fields (input, weight, gradient): a QuantizerSpec; a format name (`"e4m3"`: the
   field's current granularity, scale rule and rounding are kept, or per-row absmax RNE when the
-  field was float32); `"FMT/GRANULARITY[/SCALE_RULE[/ROUNDING]]"` (`"e4m3/block(32)/e8m0"`); or
+  field was float32); `"FMT/GRANULARITY[/SCALE_RULE[/ROUNDING]]"` (`"e4m3/block(32)/e8m0"`,
+  `"e2m1/block(16)/nvfp4_torchao/stochastic(8)"`: ROUNDING `stochastic(r)` is stochastic rounding
+  with r random bits); or
   none (`None`, `False`, `"none"`, `"off"`, `"float32"`, `"fp32"`) for float32.
 - backward_weight / backward_input: `"forward"`, none (float32), or a quantizer as above.
 - switches (occ, compensate, dge): a bool (0 and 1 are accepted as False and True).
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -28,7 +31,7 @@ _NONE_WORDS = ("none", "off", "float32", "fp32")
 def _what(field: str) -> str:
     extra = "'forward', " if field in BACKWARD_FIELDS else ""
     return (f"{field} must be {extra}a QuantizerSpec, a format name ({', '.join(FORMATS)}), "
-            f"'FMT/GRANULARITY[/SCALE_RULE[/ROUNDING]]' or none (float32)")
+            f"'FMT/GRANULARITY[/SCALE_RULE[/ROUNDING]]' (ROUNDING may be 'stochastic(r)') or none (float32)")
 
 
 def as_quantizer(field: str, value: Any, current: Any = None) -> Optional[QuantizerSpec]:
@@ -52,10 +55,16 @@ def as_quantizer(field: str, value: Any, current: Any = None) -> Optional[Quanti
     if len(parts) == 1:
         if base is not None:
             return QuantizerSpec.make(fmt, base.granularity_label, base.scale_rule, base.rounding, None, base.seed,
-                                      base.nonfinite)
+                                      base.nonfinite, base.stochastic_bits)
         return QuantizerSpec.make(fmt, "row", "absmax", nonfinite=nonfinite)
+    bits = 0
+    if len(parts) == 4:
+        m = re.fullmatch(r"stochastic\((\d+)\)", parts[3])
+        if m:
+            parts[3], bits = "stochastic", int(m.group(1))
     try:
-        return QuantizerSpec.make(fmt, parts[1], *parts[2:], nonfinite=nonfinite)  # type: ignore[arg-type]
+        return QuantizerSpec.make(fmt, parts[1], *parts[2:], nonfinite=nonfinite,  # type: ignore[arg-type]
+                                  stochastic_bits=bits)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{field}={value!r}: {e}") from None
 

@@ -86,6 +86,16 @@ def uniforms(seed: int, n: int) -> np.ndarray:
     return (z >> np.uint64(40)).astype(np.float64) * 2.0 ** -24
 
 
+def random_bits(seed: int, n: int, r: int) -> np.ndarray:
+    """R_i for i in 0..n-1: the top r bits of the same mix(mix(seed) + (i+1)·γ) (int64), the draw of
+    stochastic rounding with stochastic_bits = r (numerics.md §1)."""
+    key = _mix(np.array([seed], dtype=np.uint64))
+    i = np.arange(n, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        z = _mix(key + (i + np.uint64(1)) * _GAMMA)
+    return (z >> np.uint64(64 - r)).astype(np.int64)
+
+
 # ---------------------------------------------------------------------------
 # Element rounding
 # ---------------------------------------------------------------------------

@@ -138,7 +138,8 @@ def test_float32_backward_operands(rng):
 
 def test_bad_backward_operands(rng):
     r = f4.Recipe.get("zhou2025")
-    with pytest.raises(TypeError):
+    # A name that is not a format (recipe_values: a ValueError naming the field and what it takes).
+    with pytest.raises(ValueError, match="backward_weight"):
         r.replace(backward_weight="fp8")
     with pytest.raises(ValueError):
         f4.Recipe.get("wang2025").replace(backward_input=None)  # OCC's residual belongs to X_q
@@ -155,7 +156,7 @@ def test_bad_backward_operands(rng):
     import ctypes
 
     from fp4swift import _native
-    sizes = [ctypes.c_int64() for _ in range(3)]
+    sizes = [ctypes.c_int64() for _ in range(4)]
     status = _native.lib.fp4swift_linear_saved_sizes(4, 32, ctypes.byref(c), *(ctypes.byref(v) for v in sizes))
     assert status == _native.INVALID_ARGUMENT
 

@@ -31,7 +31,8 @@ extern "C" {
 /* Name tables for fp4swift_name(table, index). */
 #define FP4SWIFT_TABLE_FORMAT 0      /* e2m1, e1m2, e3m0, e4m3, e5m2, e8m0 */
 #define FP4SWIFT_TABLE_GRANULARITY 1 /* tensor, row, column, block, block2d */
-#define FP4SWIFT_TABLE_SCALE_RULE 2  /* absmax, pow2, e8m0, nvfp4, absmax_div3, quest */
+#define FP4SWIFT_TABLE_SCALE_RULE 2  /* absmax, pow2, e8m0, nvfp4, absmax_div3, quest,
+                                        e8m0_ceil, e8m0_even, e8m0_rceil, nvfp4_torchao */
 #define FP4SWIFT_TABLE_ROUNDING 3    /* nearest_even, nearest_away, stochastic */
 #define FP4SWIFT_TABLE_GEMM_PATH 4   /* generic, avx2, avx512vnni */
 
@@ -55,6 +56,8 @@ typedef struct fp4swift_quantizer {
     int32_t rounding;
     int32_t nonfinite;  /* FP4SWIFT_NONFINITE_* */
     uint64_t seed;      /* stochastic rounding: draw i = f(seed, flat index i) */
+    int32_t stochastic_bits; /* stochastic rounding with r = 1..32 random bits added below the
+                              * kept precision, then truncation; 0: exact probability */
 } fp4swift_quantizer;
 
 /* Facts about an element format. */
@@ -94,8 +97,9 @@ int32_t fp4swift_fake_quantize(const float *x, int64_t rows, int64_t cols,
                                const fp4swift_quantizer *q, float *out,
                                int64_t *nonfinite_groups);
 /* x -> codes (FP4: packed, ceil(n/2) bytes; FP8: n bytes) and per-group scales.
- * scales[g] is the float scale s (nvfp4: float(sb)); scale_bytes[g] (may be NULL) the
- * stored byte for e8m0 / nvfp4 rules; tensor_scale the nvfp4 S (1 otherwise).
+ * scales[g] is the float scale s (nvfp4: float(sb); nvfp4_torchao: P * sb, so x-hat = q * s);
+ * scale_bytes[g] (may be NULL) the stored byte for the e8m0* / nvfp4* rules; tensor_scale the
+ * nvfp4 S or the nvfp4_torchao P (1 otherwise).
  * Non-finite input always fails, naming the first offending flat index. */
 int32_t fp4swift_quantize(const float *x, int64_t rows, int64_t cols,
                           const fp4swift_quantizer *q, uint8_t *codes, int64_t codes_len,
@@ -271,10 +275,12 @@ typedef struct fp4swift_gemm_operand {
     int64_t rows;
     int64_t cols;
     fp4swift_quantizer quantizer;
-    const float *scales;        /* one float scale per group (nvfp4: float(sb)); NULL: read scale_bytes */
-    const uint8_t *scale_bytes; /* e8m0 rule: exponent bytes; nvfp4 rule: e4m3 codes of sb */
+    const float *scales;        /* one float scale per group (nvfp4: float(sb); nvfp4_torchao: P * sb);
+                                 * NULL: read scale_bytes */
+    const uint8_t *scale_bytes; /* e8m0* rules: exponent bytes; nvfp4*: e4m3 codes of sb */
     int64_t n_scales;
-    float tensor_scale;         /* nvfp4 rule: S (x-hat = q * sb / S); 1 for every other rule */
+    float tensor_scale;         /* nvfp4 rule: S (x-hat = q * sb / S); nvfp4_torchao: P (x-hat = q * P * sb;
+                                 * applied to scale_bytes only); 1 for every other rule */
 } fp4swift_gemm_operand;
 
 /* c [a.rows, b.rows] = A·B^T. path: FP4SWIFT_GEMM_PATH_*; one this CPU cannot run fails. */

@@ -73,7 +73,7 @@ enum ScaleRuleKernel: Sendable {
         switch rule {
         case .quest: return .questRotated32
         case .absmaxDiv3: return .absmaxDiv3StochasticRotated32
-        case .absmax, .pow2, .e8m0, .nvfp4: return .general
+        case .absmax, .pow2, .e8m0, .nvfp4, .e8m0Ceil, .e8m0Even, .e8m0Rceil, .nvfp4Torchao: return .general
         }
     }
 }

@@ -223,12 +223,13 @@ public enum PackedGEMM {
 }
 
 extension ScaleRule {
-    /// The float scale a stored scale byte stands for: `e8m0` 2^(b − 127), `nvfp4` the e4m3
-    /// value of sb. nil for rules that store no byte and for the NaN bytes (e8m0 255, e4m3 S.1111.111).
+    /// The float scale a stored scale byte stands for: `e8m0` (and e8m0_ceil, _even, _rceil)
+    /// 2^(b − 127), `nvfp4` and `nvfp4_torchao` the e4m3 value of sb (nvfp4_torchao's
+    /// operands then multiply it by P). nil for rules that store no byte and for the NaN bytes (e8m0 255, e4m3 S.1111.111).
     public func scale(ofStoredByte b: UInt8) -> Float? {
         switch self {
-        case .e8m0: return b == 255 ? nil : exactPow2(Int(b) - 127)
-        case .nvfp4:
+        case .e8m0, .e8m0Ceil, .e8m0Even, .e8m0Rceil: return b == 255 ? nil : exactPow2(Int(b) - 127)
+        case .nvfp4, .nvfp4Torchao:
             let v = ElementCodec.e4m3.decodeTable[Int(b)]
             return v.isNaN ? nil : v
         default: return nil
@@ -236,5 +237,13 @@ extension ScaleRule {
     }
 
     /// Whether quantizers of this rule store a scale byte per group.
-    public var storesScaleByte: Bool { self == .e8m0 || self == .nvfp4 }
+    public var storesScaleByte: Bool { storesScaleBytes }
+
+    /// The float scale s of a group (x̂ = q·s, or q·s / S for nvfp4) from its stored byte and
+    /// the tensor scale: `scale(ofStoredByte:)`, times P for nvfp4_torchao (whose float scale
+    /// is fl(P · sb), computed in that order by the quantizer). nil for a NaN byte.
+    public func floatScale(ofStoredByte b: UInt8, tensorScale: Float) -> Float? {
+        guard let v = scale(ofStoredByte: b) else { return nil }
+        return self == .nvfp4Torchao ? tensorScale * v : v
+    }
 }

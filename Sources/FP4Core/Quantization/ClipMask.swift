@@ -13,7 +13,7 @@ extension Quantizer {
     public func clipMask(_ x: UnsafePointer<Float>, scales ts: TensorScales,
                          into mask: UnsafeMutablePointer<UInt8>) {
         let L = ts.layout
-        let fmax = format.maxValue, twoLevel = scaleRule.isTwoLevel
+        let fmax = format.maxValue, twoLevel = scaleRule.dividesByTensorScale
         let bytes = Quantizer.maskBytes(count: L.count)
         guard bytes > 0 else { return }
         // Chunks of whole 8-row bands start at a flat index that is a multiple of 8, so no
@@ -34,6 +34,8 @@ extension Quantizer {
                             if bad[gbase + j] { continue }
                             if g.isZero {
                                 for i in start..<end { mask[i >> 3] |= UInt8(1) << UInt8(i & 7) }
+                            } else if g.multiplier != 0 {
+                                Quantizer.maskSegment(x, mask, start..<end, MultiplyScaling(g), fmax)
                             } else if twoLevel {
                                 Quantizer.maskSegment(x, mask, start..<end, TwoLevelScaling(sb: g.scale, tensorScale: g.tensorScale), fmax)
                             } else {

@@ -59,7 +59,7 @@ extension Quantizer {
             let x: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, ts: TensorScales, twoLevel: Bool
             func visit<R: MagnitudeRounder>(_ rounder: R) { Quantizer.fakeQuantizeRows(x, out, ts, twoLevel, rounder) }
         }
-        withRounder(Run(x: x, out: out, ts: ts, twoLevel: scaleRule.isTwoLevel))
+        withRounder(Run(x: x, out: out, ts: ts, twoLevel: scaleRule.dividesByTensorScale))
         return ts
     }
 
@@ -142,7 +142,7 @@ extension Quantizer {
                 s = rule.groupScale(amax: Float(bitPattern: amax), format: format, tensorScale: 1)
                 groups[r] = s
             }
-            if isBad || s.isZero || next == nil {
+            if isBad || s.isZero || s.multiplier != 0 || next == nil {
                 writer.emit(x, start, cols, s, bad: isBad, rounder)
                 writer.flush()
                 if let next { amax = rowAmaxBits(next, cols) }
@@ -275,6 +275,8 @@ struct TileWriter {
                 dst.update(repeating: .nan, count: m)
             } else if s.isZero {
                 for i in 0..<m { dst[i] = src[i] * 0 }  // signed zeros
+            } else if s.multiplier != 0 {
+                Quantizer.fakeQuantizeRun(x, dst, a, m, MultiplyScaling(s), rounder)
             } else {
                 Quantizer.fakeQuantizeRun(x, dst, a, m, DivideScaling(s: s.scale), rounder)
             }

@@ -106,12 +106,16 @@ extension Quantizer {
                         if let fp4 {
                             if s.isZero {
                                 Quantizer.zeroSegmentPacked(src, codes, fake, start..<end)
+                            } else if s.multiplier != 0 {
+                                Quantizer.codeSegmentPacked(src, codes, fake, start..<end, MultiplyScaling(s), fp4)
                             } else {
                                 Quantizer.codeSegmentPackedDivide(src, codes, fake, start..<end, s.scale, fp4)
                             }
                         } else if s.isZero {
                             for i in start..<end { dst[i] = src[i].sign == .minus ? enc.signBit : 0 }
                             if let fake { for i in start..<end { fake[i] = src[i] * 0 } }
+                        } else if s.multiplier != 0 {
+                            Quantizer.codeSegment(src, dst, fake, start..<end, MultiplyScaling(s), rounder, enc)
                         } else {
                             Quantizer.codeSegment(src, dst, fake, start..<end, DivideScaling(s: s.scale), rounder, enc)
                         }

@@ -22,7 +22,7 @@ extension Quantizer {
             let q: Quantizer, x: UnsafePointer<Float>, codes: UnsafeMutablePointer<UInt8>, ts: TensorScales
             let fake: UnsafeMutablePointer<Float>?, enc: CodeWriter, fp4: FP4NearestEven?
             func visit<R: MagnitudeRounder>(_ rounder: R) {
-                q.quantizeRows(x, codes, fake, ts, q.scaleRule.isTwoLevel, enc, fp4, rounder)
+                q.quantizeRows(x, codes, fake, ts, q.scaleRule.dividesByTensorScale, enc, fp4, rounder)
             }
         }
         withRounder(Run(q: self, x: x, codes: codes, ts: ts, fake: dequantized,
@@ -63,6 +63,8 @@ extension Quantizer {
                             let start = r * L.cols + j * L.groupCols, end = start + L.groupCols
                             if g.isZero {
                                 Quantizer.zeroSegmentPacked(x, codes, fake, start..<end)
+                            } else if g.multiplier != 0 {
+                                Quantizer.codeSegmentPacked(x, codes, fake, start..<end, MultiplyScaling(g), fp4)
                             } else if twoLevel {
                                 Quantizer.codeSegmentPacked(x, codes, fake, start..<end,
                                                             TwoLevelScaling(sb: g.scale, tensorScale: g.tensorScale), fp4)
@@ -85,6 +87,8 @@ extension Quantizer {
                         if g.isZero {
                             for i in start..<end { dst[i] = x[i].sign == .minus ? enc.signBit : 0 }
                             if let fake { for i in start..<end { fake[i] = x[i] * 0 } }
+                        } else if g.multiplier != 0 {
+                            Quantizer.codeSegment(x, dst, fake, start..<end, MultiplyScaling(g), rounder, enc)
                         } else if twoLevel {
                             Quantizer.codeSegment(x, dst, fake, start..<end, TwoLevelScaling(sb: g.scale, tensorScale: g.tensorScale), rounder, enc)
                         } else {
@@ -201,7 +205,7 @@ extension Quantizer {
     }
 
     /// Decodes codes with per-group float scales (`scales[g]`; nvfp4: float(sb), with
-    /// `tensorScale` S) into x̂, row-major [rows, cols]. `residual`, when given, is added into
+    /// `tensorScale` S; every other rule, nvfp4_torchao included: x̂ = q · scales[g]) into x̂, row-major [rows, cols]. `residual`, when given, is added into
     /// each row right after it is decoded (the same additions as `OCC.scatterAdd` afterwards).
     public func dequantize(codes: UnsafePointer<UInt8>, rows: Int, cols: Int,
                            scales: UnsafePointer<Float>, tensorScale: Float,
@@ -209,7 +213,7 @@ extension Quantizer {
         try validate()
         let L = try granularity.layout(rows: rows, cols: cols)
         let table = ElementCodec.of(format).decodeTable
-        let packed = format.isFP4, twoLevel = scaleRule.isTwoLevel
+        let packed = format.isFP4, twoLevel = scaleRule.dividesByTensorScale
         table.withUnsafeBufferPointer { tb in
             let grain = Parallel.grain(count: L.rows, minItems: Swift.max(1, 8192 / Swift.max(1, L.cols)))
             Parallel.forChunks(count: L.rows, grain: grain) { rowRange in

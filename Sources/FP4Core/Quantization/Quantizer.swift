@@ -16,14 +16,21 @@ public struct Quantizer: Sendable {
     public var rounding: Rounding
     /// Seed of the counter-based draws of stochastic rounding.
     public var seed: UInt64
+    /// Stochastic rounding with r random bits (1...32) added below the kept precision, then
+    /// truncation, as hardware does it; 0: exact-probability rounding (numerics.md §1).
+    public var stochasticBits: Int
+
+    public static let maxStochasticBits = 32
 
     public init(format: MiniFloatFormat = .e2m1, granularity: Granularity = .row,
-                scaleRule: ScaleRule = .absmax, rounding: Rounding = .nearestEven, seed: UInt64 = 0) {
+                scaleRule: ScaleRule = .absmax, rounding: Rounding = .nearestEven, seed: UInt64 = 0,
+                stochasticBits: Int = 0) {
         self.format = format
         self.granularity = granularity
         self.scaleRule = scaleRule
         self.rounding = rounding
         self.seed = seed
+        self.stochasticBits = stochasticBits
     }
 
     /// Checks the combination before any work: scale-only formats hold no elements, and
@@ -32,8 +39,14 @@ public struct Quantizer: Sendable {
         if format.isScaleOnly {
             throw FP4Error.invalid("\(format.name) is a scale-only format and cannot hold elements")
         }
-        if scaleRule == .nvfp4 && format != .e2m1 {
-            throw FP4Error.invalid("the nvfp4 scale rule needs e2m1 elements, got \(format.name)")
+        if scaleRule.isTwoLevel && format != .e2m1 {
+            throw FP4Error.invalid("the \(scaleRule.name) scale rule needs e2m1 elements, got \(format.name)")
+        }
+        if stochasticBits < 0 || stochasticBits > Quantizer.maxStochasticBits {
+            throw FP4Error.invalid("stochastic_bits must lie in 0...\(Quantizer.maxStochasticBits) (0: exact-probability rounding), got \(stochasticBits)")
+        }
+        if stochasticBits != 0 && rounding != .stochastic {
+            throw FP4Error.invalid("stochastic_bits = \(stochasticBits) applies to stochastic rounding only, not \(rounding.name)")
         }
         if scaleRule == .quest && format.overflow != .saturate {
             throw FP4Error.invalid("the quest scale rule clips, so it needs a saturating element format, got \(format.name)")
@@ -78,6 +91,17 @@ struct TwoLevelScaling: ElementScaling {
     @inline(__always) func fromGrid(_ q: Float) -> Float { (q * sb) / tensorScale }
 }
 
+/// v = x · multiplier, x̂ = q · decode (nvfp4_torchao; the byte-0 groups of e8m0_ceil / e8m0_even).
+struct MultiplyScaling: ElementScaling {
+    let multiplier: Float, decode: Float
+    init(_ g: GroupScale) {
+        multiplier = g.multiplier
+        decode = g.scale
+    }
+    @inline(__always) func toGrid(_ x: Float) -> Float { x * multiplier }
+    @inline(__always) func fromGrid(_ q: Float) -> Float { q * decode }
+}
+
 /// Rounds one grid magnitude; a type per rounding mode so each loop is specialized.
 protocol MagnitudeRounder {
     func round(_ a: Float, index: Int) -> Float
@@ -109,6 +133,17 @@ struct StochasticRounder: MagnitudeRounder {
     }
 }
 
+/// Stochastic rounding with r random bits (`Quantizer.stochasticBits`): up iff
+/// F + R ≥ 2^r, F = floor(frac · 2^r), R the draw's top r bits.
+struct LimitedStochasticRounder: MagnitudeRounder {
+    let grid: GridParameters
+    let key: UInt64
+    let bits: Int
+    @inline(__always) func round(_ a: Float, index: Int) -> Float {
+        grid.roundStochastic(a, randomBits: CounterRNG.bits(key: key, index: index, count: bits), count: bits)
+    }
+}
+
 /// Calls back with the rounder of a quantizer's mode and format, as a concrete type, so
 /// every kernel loop is specialized (no dynamic dispatch per element).
 protocol RounderVisitor {
@@ -129,7 +164,11 @@ extension Quantizer {
             case .gridExponent: return v.visit(NearestEvenExponentRounder(grid: grid))
             }
         case .nearestAway: return v.visit(NearestAwayRounder(grid: grid))
-        case .stochastic: return v.visit(StochasticRounder(grid: grid, key: CounterRNG.key(seed: seed)))
+        case .stochastic:
+            if stochasticBits > 0 {
+                return v.visit(LimitedStochasticRounder(grid: grid, key: CounterRNG.key(seed: seed), bits: stochasticBits))
+            }
+            return v.visit(StochasticRounder(grid: grid, key: CounterRNG.key(seed: seed)))
         }
     }
 }

@@ -41,6 +41,14 @@ public enum CounterRNG {
         let z = mix(key &+ (UInt64(bitPattern: Int64(index)) &+ 1) &* gamma)
         return Float(UInt32(truncatingIfNeeded: z >> 40)) * 0x1p-24
     }
+
+    /// The top `count` (1...64) bits of the same 64-bit output `uniform` reads, as an integer
+    /// in [0, 2^count): for count ≤ 24, `uniform` = bits(24) · 2^−24 and bits(r) = bits(24) >> (24 − r).
+    @inlinable @inline(__always)
+    public static func bits(key: UInt64, index: Int, count: Int) -> UInt64 {
+        let z = mix(key &+ (UInt64(bitPattern: Int64(index)) &+ 1) &* gamma)
+        return z >> UInt64(64 - count)
+    }
 }
 
 /// The data a rounding loop needs from a format, read once outside the loop.
@@ -128,6 +136,23 @@ public struct GridParameters: Sendable {
         let q = a * toUnits(e)
         let fl = q.rounded(.down)
         return finish(fl + ((q - fl) > u ? 1 : 0), e)
+    }
+
+    /// Stochastic rounding with `count` random bits, as hardware does it: the fraction of a
+    /// grid step below the kept precision is truncated to `count` bits (F = floor(frac · 2^r)),
+    /// the random integer R ∈ [0, 2^r) is added, and a carry out rounds up: up iff F + R ≥ 2^r.
+    /// P(up) = F / 2^r ≤ frac, so E[q] falls short of v by frac − F / 2^r < 2^−r steps.
+    @inlinable @inline(__always)
+    public func roundStochastic(_ a0: Float, randomBits R: UInt64, count r: Int) -> Float {
+        let a = Swift.min(a0, clampLimit), e = binade(a)
+        let q = a * toUnits(e)
+        let fl = q.rounded(.down)
+        // frac · 2^r is exact (a power-of-two product of an exact difference); F < 2^r ≤ 2^32.
+        let one = Float(sign: .plus, exponent: r, significand: 1)
+        let f = ((q - fl) * one).rounded(.down)
+        // (q = +inf, only for a non-saturating format's overflow, gives NaN here: no carry.)
+        let F: UInt64 = f >= 0 && f < one ? UInt64(f) : 0
+        return finish(fl + (F &+ R >= (UInt64(1) << UInt64(r)) ? 1 : 0), e)
     }
 
     /// Rounds a finite magnitude `a ≥ 0` to the grid (`u`: the draw of `.stochastic`).

@@ -51,7 +51,7 @@ public struct DGE: Sendable {
     /// ScaleRule.neverClips), so a group's largest weight keeps its gradient. An all-zero
     /// weight group sits at v = 0, a grid point: f' = 1/k. Parallel over rows; every element
     /// is computed alone, so the result does not depend on the thread count. `twoLevel`: the
-    /// weight quantizer's rule has a tensor scale (nvfp4): v = w · (S / sb), its own order.
+    /// weight quantizer's rule divides by a tensor scale (nvfp4): v = w · (S / sb), its own order.
     public func scaleGradient(_ g: UnsafeMutablePointer<Float>, weight w: UnsafePointer<Float>, scales ts: TensorScales,
                               clampToRange: Bool, twoLevel: Bool = false) {
         let L = ts.layout, kern = kernel
@@ -148,8 +148,12 @@ struct DGEKernel {
                     for i in 0..<L.groupCols { gr[i] *= atZero }
                 } else if twoLevel {
                     // v = w · (S / sb), as the nvfp4 quantizer computes it (TwoLevelScaling).
-                    scaleGradientTwoLevel(g, w, start..<(start + L.groupCols), ratio: s.tensorScale / s.scale,
-                                          clampToRange: clampToRange)
+                    scaleGradientMultiplying(g, w, start..<(start + L.groupCols), ratio: s.tensorScale / s.scale,
+                                             clampToRange: clampToRange)
+                } else if s.multiplier != 0 {
+                    // Groups that encode by multiplying (nvfp4_torchao, e8m0 byte-0 groups): v = w · multiplier.
+                    scaleGradientMultiplying(g, w, start..<(start + L.groupCols), ratio: s.multiplier,
+                                             clampToRange: clampToRange)
                 } else {
                     scaleGradient(g, w, start..<(start + L.groupCols), scale: s.scale, clampToRange: clampToRange)
                 }
@@ -173,9 +177,10 @@ struct DGEKernel {
 }
 
 extension DGEKernel {
-    /// `scaleGradient` for two-level scales: v = w · ratio with ratio = S / sb.
+    /// `scaleGradient` for groups that encode by multiplying: v = w · ratio (nvfp4: S / sb;
+    /// nvfp4_torchao and e8m0 byte-0 groups: their multiplier).
     @inline(__always)
-    func scaleGradientTwoLevel(_ g: UnsafeMutablePointer<Float>, _ w: UnsafePointer<Float>, _ range: Range<Int>,
+    func scaleGradientMultiplying(_ g: UnsafeMutablePointer<Float>, _ w: UnsafePointer<Float>, _ range: Range<Int>,
                                ratio: Float, clampToRange: Bool) {
         let limit = clampToRange ? grid.maxValue : .infinity
         let fmax = grid.maxValue, mb = grid.manBits, me = grid.minExponent, k = k, c = clamp

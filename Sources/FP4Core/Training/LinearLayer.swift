@@ -55,7 +55,7 @@ public struct LinearSaved {
             guard let bytes = xScaleBytes else { throw FP4Error(.invalidState, "the saved state holds no scale bytes") }
             var floats = [Float](repeating: 0, count: Swift.max(count, 1))
             for g in 0..<count {
-                guard let v = q.scaleRule.scale(ofStoredByte: bytes[g]) else {
+                guard let v = q.scaleRule.floatScale(ofStoredByte: bytes[g], tensorScale: xTensorScale) else {
                     throw FP4Error(.invalidState, "saved scale byte \(g) (\(bytes[g])) is NaN in the \(q.scaleRule.name) encoding")
                 }
                 floats[g] = v
@@ -349,7 +349,7 @@ public enum LinearLayer {
                 // dW ⊙ f'(W / s_w) with v computed exactly as the quantizer computes it;
                 // |v| counts as at most fmax when the scale rule cannot clip (ScaleRule.neverClips).
                 dge.scaleGradient(dw, weight: w, scales: ts, clampToRange: q.scaleRule.neverClips,
-                                  twoLevel: q.scaleRule.isTwoLevel)
+                                  twoLevel: q.scaleRule.dividesByTensorScale)
             }
         }
 

@@ -59,7 +59,7 @@ extension LinearLayer {
             do {
                 let ts = try q.quantize(src, rows: rows, cols: cols, codes: codes, dequantized: dequantized)
                 scales = ts.groups.map(\.scale)
-                tensorScale = ts.tensorScale
+                tensorScale = q.scaleRule.gemmTensorScale(ts.tensorScale)
             } catch {
                 codes.deallocate()
                 throw error
@@ -94,7 +94,8 @@ extension LinearLayer {
         let groups = try qx.granularity.layout(rows: T, cols: K).groupCount
         try saved.withFloatScales(qx, count: groups) { xs in
             let xOperand = GEMMOperand(codes: UnsafePointer(codes), rows: T, cols: K, format: qx.format,
-                                       granularity: qx.granularity, scales: xs, tensorScale: saved.xTensorScale)
+                                       granularity: qx.granularity, scales: xs,
+                                       tensorScale: qx.scaleRule.gemmTensorScale(saved.xTensorScale))
             try wc.withOperand { try PackedGEMM.multiply(xOperand, $0, into: y) }
         }
         if let r = residual, let wq {

@@ -84,7 +84,8 @@ def resolve_recipe(spec: str) -> Any:
     """A recipe spec -> None (fp32: the unconverted model) or an fp4swift.Recipe.
 
     A spec is a recipe name, optionally with ablation overrides of the recipe's fields:
-    `wang2025:dge=off`, `wang2025:alpha=0.97:compensate=off`, `wang2025:granularity=tensor`
+    `wang2025:dge=off`, `wang2025:alpha=0.97:compensate=off`, `wang2025:granularity=tensor`,
+    `mxfp4:scale_rule=e8m0_rceil`, `nvfp4:scale_rule=nvfp4_torchao:stochastic_bits=8`
     (fields and shortcuts of fp4swift.Recipe.replace), and the schedule keys of
     `recipe_schedule` (`zhou2025:switch_at=0.9:switch_to=fp32`). Raises RunError on a bad spec."""
     import fp4swift as f4
@@ -108,7 +109,8 @@ def resolve_recipe(spec: str) -> Any:
             if not eq or not key.strip():
                 raise RunError(f"recipe {spec!r}: overrides look like name:field=value, got {m!r}")
             allowed = sorted({f.name for f in fields(recipe)} - {"name", "description"} | {"fmt", "granularity",
-                                                                                           "grad_fp8"})
+                                                                                           "grad_fp8", "scale_rule",
+                                                                                           "stochastic_bits"})
             if key.strip() not in allowed:
                 raise RunError(f"recipe {spec!r}: unknown field {key.strip()!r}; fields: {', '.join(allowed)}")
             changes[key.strip()] = _parse_value(val)
