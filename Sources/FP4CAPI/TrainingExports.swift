@@ -310,3 +310,74 @@ public func fp4swift_linear_backward(_ dy: UnsafePointer<Float>?, _ T: Int64, _ 
                                  inFeatures: Int(K), recipe: recipe, saved: saved, dx: dx, dw: dw, db: db)
     }
 }
+
+// MARK: - Named recipes
+
+/// The C descriptor of a Swift quantizer (the inverse of `quantizer(_:)`).
+func cQuantizer(_ q: Quantizer, nonFinite: NonFinitePolicy) -> fp4swift_quantizer {
+    var c = fp4swift_quantizer()
+    c.format = Int32(MiniFloatFormat.all.firstIndex(of: q.format) ?? 0)
+    switch q.granularity {
+    case .tensor: c.granularity = FP4SWIFT_GRANULARITY_TENSOR
+    case .row: c.granularity = FP4SWIFT_GRANULARITY_ROW
+    case .column: c.granularity = FP4SWIFT_GRANULARITY_COLUMN
+    case .block(let n): c.granularity = FP4SWIFT_GRANULARITY_BLOCK; c.block = Int32(n)
+    case .block2d(let n): c.granularity = FP4SWIFT_GRANULARITY_BLOCK2D; c.block = Int32(n)
+    }
+    c.scale_rule = Int32(q.scaleRule.rawValue)
+    c.rounding = Int32(q.rounding.rawValue)
+    c.nonfinite = Int32(nonFinite.rawValue)
+    c.seed = q.seed
+    c.stochastic_bits = Int32(q.stochasticBits)
+    return c
+}
+
+/// The C descriptor of a Swift recipe (the inverse of `linearRecipe(_:)`). Quantizers of X, W
+/// and the backward operands raise on NaN/inf (codes cannot hold them); dY's propagates.
+func cRecipe(_ r: LinearRecipe) -> fp4swift_linear_recipe {
+    var c = fp4swift_linear_recipe()
+    func set(_ q: Quantizer?, _ policy: NonFinitePolicy) -> (Int32, fp4swift_quantizer) {
+        guard let q else { return (0, fp4swift_quantizer()) }
+        return (1, cQuantizer(q, nonFinite: policy))
+    }
+    (c.quantize_input, c.input) = set(r.input, .raise)
+    (c.quantize_weight, c.weight) = set(r.weight, .raise)
+    (c.quantize_gradient, c.gradient) = set(r.gradient, .propagate)
+    if let occ = r.occ {
+        c.occ = 1
+        c.occ_per_row = occ.perRow ? 1 : 0
+        c.occ_compensate = occ.compensate ? 1 : 0
+        c.occ_alpha = occ.alpha
+    } else {
+        (c.occ_compensate, c.occ_alpha) = (1, 0.99)  // Python's field defaults
+    }
+    if let dge = r.dge {
+        (c.dge, c.dge_k, c.dge_clamp) = (1, dge.k, dge.clamp)
+    } else {
+        (c.dge_k, c.dge_clamp) = (5, 3)
+    }
+    if let h = r.wgradHadamard { (c.wgrad_hadamard, c.wgrad_hadamard_seed) = (Int32(h.block), h.seed) }
+    func backward(_ b: BackwardOperand) -> (Int32, fp4swift_quantizer) {
+        switch b {
+        case .forward: return (FP4SWIFT_BACKWARD_FORWARD, fp4swift_quantizer())
+        case .own(nil): return (FP4SWIFT_BACKWARD_FLOAT32, fp4swift_quantizer())
+        case .own(let q?): return (FP4SWIFT_BACKWARD_QUANTIZE, cQuantizer(q, nonFinite: .raise))
+        }
+    }
+    (c.backward_weight_mode, c.backward_weight) = backward(r.backwardWeight)
+    (c.backward_input_mode, c.backward_input) = backward(r.backwardInput)
+    c.gemm = Int32(r.gemm.rawValue)
+    c.backward_grouping = Int32(r.backwardGrouping.rawValue)
+    return c
+}
+
+@_cdecl("fp4swift_linear_recipe_named")
+public func fp4swift_linear_recipe_named(_ name: UnsafePointer<CChar>?, _ out: UnsafeMutablePointer<fp4swift_linear_recipe>?) -> Int32 {
+    guarded {
+        let n = String(cString: try required(name, "name"))
+        guard let r = LinearRecipe.named(n) else {
+            throw invalid("unknown recipe \(n.debugDescription); known: \(LinearRecipe.names.joined(separator: ", "))")
+        }
+        try required(out, "out").pointee = cRecipe(r)
+    }
+}

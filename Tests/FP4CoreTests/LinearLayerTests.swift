@@ -17,9 +17,14 @@ final class LinearLayerTests: XCTestCase {
     static func wang2025(alpha: Double = 0.99, perRow: Bool = false, compensate: Bool = true, dge: Bool = true,
                          k: Float = 5, clamp: Float = 3, gradFP8: Bool = false,
                          quantizer: Quantizer = e2m1Row) -> LinearRecipe {
-        LinearRecipe(input: quantizer, weight: quantizer, gradient: gradFP8 ? fp8Gradient : nil,
-                     occ: OCCConfig(alpha: alpha, perRow: perRow, compensate: compensate),
-                     dge: dge ? DGEConfig(k: k, clamp: clamp) : nil)
+        // The built-in recipe (NamedRecipes.swift, the one Python's "wang2025" is checked against), varied.
+        var r = LinearRecipe.named("wang2025")!
+        r.input = quantizer
+        r.weight = quantizer
+        r.gradient = gradFP8 ? fp8Gradient : nil
+        r.occ = OCCConfig(alpha: alpha, perRow: perRow, compensate: compensate)
+        r.dge = dge ? DGEConfig(k: k, clamp: clamp) : nil
+        return r
     }
 
     // MARK: - fp32
@@ -255,8 +260,7 @@ final class LinearLayerTests: XCTestCase {
         // OCC without a quantized input; DGE without a quantized weight.
         assertThrowsFP4Error(.invalidArgument, try LinearRecipe(occ: OCCConfig()).validate())
         assertThrowsFP4Error(.invalidArgument, try LinearRecipe(input: Self.e2m1Row, dge: DGEConfig()).validate())
-        assertThrowsFP4Error(.invalidArgument,
-                             try LinearLayer.savedSizes(tokens: 2, inFeatures: 4, recipe: Self.wang2025(alpha: 2)))
+        assertThrowsFP4Error(.invalidArgument, try Self.wang2025(alpha: 2).validate())
     }
 
     func testNonFiniteInputs() throws {
@@ -324,6 +328,7 @@ private struct LinearRun {
 /// `prepared`: the forward in its two steps (prepareInput, then forwardPrepared).
 private func runLinear(x: [Float], T: Int, K: Int, w: [Float], N: Int, bias: [Float]?, dy: [Float],
                        recipe: LinearRecipe, prepared: Bool = false) throws -> LinearRun {
+    try recipe.validate()  // the boundary check the C exports do once per call
     let sizes = try LinearLayer.savedSizes(tokens: T, inFeatures: K, recipe: recipe)
     let codes = UnsafeMutablePointer<UInt8>.allocate(capacity: Swift.max(sizes.xCodes, 1))
     let scales = UnsafeMutablePointer<Float>.allocate(capacity: Swift.max(sizes.xScales, 1))

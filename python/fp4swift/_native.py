@@ -234,6 +234,8 @@ SIGNATURES = {
     # int32_t fp4swift_csr_matmul_t(const int64_t *indptr, const int32_t *indices, const float *values,
     #     int64_t nnz, int64_t rows, int64_t cols, const float *w, int64_t n, float *y);
     "fp4swift_csr_matmul_t": (c_int32, [i64p, i32p, f32p, c_int64, c_int64, c_int64, f32p, c_int64, f32p]),
+    # int32_t fp4swift_linear_recipe_named(const char *name, fp4swift_linear_recipe *out);
+    "fp4swift_linear_recipe_named": (c_int32, [c_char_p, RecipeP]),
     # int32_t fp4swift_linear_saved_sizes(int64_t tokens, int64_t in_features,
     #     const fp4swift_linear_recipe *recipe, int64_t *x_codes_len, int64_t *x_scales_len,
     #     int64_t *residual_capacity, int64_t *x_scale_bytes_len);

@@ -207,6 +207,11 @@ typedef struct fp4swift_linear_saved {
 
 /* Scales are saved in their stored form: x_scale_bytes_len bytes for rules that store a byte
  * (e8m0 exponents, nvfp4 e4m3 codes; then x_scales_len = 0), else x_scales_len floats. */
+/* The built-in recipe called `name` ("fp32", "fp4-direct", "wang2025", "mxfp4", "nvfp4", "quartet",
+ * "fp8", "zhou2025"; zhou2025's MLP recipe), as the Swift core defines it. X, W and backward operand
+ * quantizers have nonfinite = RAISE, dY's PROPAGATE. "quartet" runs its own layer: its entry
+ * holds the quantizers that layer uses (input/weight: QuEST, gradient: the backward's, seed 0). */
+int32_t fp4swift_linear_recipe_named(const char *name, fp4swift_linear_recipe *out);
 int32_t fp4swift_linear_saved_sizes(int64_t tokens, int64_t in_features, const fp4swift_linear_recipe *recipe,
                                     int64_t *x_codes_len, int64_t *x_scales_len, int64_t *residual_capacity,
                                     int64_t *x_scale_bytes_len);

@@ -101,9 +101,10 @@ struct Operand {
 
 /// The FP4 linear layer Y = X·Wᵀ + b under a `LinearRecipe` (numerics.md §6).
 /// Shapes: X [T, K], W [N, K], b [N], Y and dY [T, N].
+/// Every entry point takes a recipe that passed `LinearRecipe.validate()`: the C exports check
+/// a descriptor once, when they read it (`linearRecipe`), and callers in Swift do the same.
 public enum LinearLayer {
     public static func savedSizes(tokens T: Int, inFeatures K: Int, recipe: LinearRecipe) throws -> LinearSavedSizes {
-        try recipe.validate()
         guard let q = recipe.savedInput else { return LinearSavedSizes(xCodes: 0, xScales: 0, residualCapacity: 0, residualRows: 0) }
         let L = try q.granularity.layout(rows: T, cols: K)
         var cap = 0
@@ -145,7 +146,6 @@ public enum LinearLayer {
     public static func prepareInput(x: UnsafePointer<Float>, tokens T: Int, inFeatures K: Int, recipe: LinearRecipe,
                                     operand: UnsafeMutablePointer<Float>?, saved: inout LinearSaved) throws {
         try checkShapes(T, K, 0)
-        try recipe.validate()
         let sizes = try savedSizes(tokens: T, inFeatures: K, recipe: recipe)
         guard saved.xCodesCount >= sizes.xCodes, saved.xScalesCount >= sizes.xScales,
               saved.xScaleBytesCount >= sizes.xScaleBytes, saved.residualCapacity >= sizes.residualCapacity else {
@@ -223,7 +223,6 @@ public enum LinearLayer {
                                        w: UnsafePointer<Float>, outFeatures N: Int, bias: UnsafePointer<Float>?,
                                        recipe: LinearRecipe, y: UnsafeMutablePointer<Float>, saved: LinearSaved?) throws {
         try checkShapes(T, K, N)
-        try recipe.validate()
         try checkBackwardShapes(recipe, tokens: T, inFeatures: K, outFeatures: N)
         if forwardRunsOnCodes(recipe: recipe, inFeatures: K) {
             guard let saved else { throw FP4Error.invalid("the packed forward needs the prepared (saved) state") }
@@ -278,7 +277,6 @@ public enum LinearLayer {
                                 dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutablePointer<Float>?,
                                 db: UnsafeMutablePointer<Float>?) throws {
         try checkShapes(T, K, N)
-        try recipe.validate()
 
         // dX on codes when its operands allow it (false when dY holds NaN/inf: then simulated).
         let dxOnCodes = try dx.map { dx in
