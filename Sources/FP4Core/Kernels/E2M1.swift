@@ -55,6 +55,17 @@ enum E2M1Kernel {
         }
     }
 
+    /// Codes of x · m (a two-level scale's ratio S / sb), eight elements at a time.
+    static func encodeBlocks(_ x: UnsafePointer<Float>, _ codes: UnsafeMutablePointer<UInt8>, _ blocks: Int,
+                             multiplier m: Float) {
+        let mv = SIMD8<Float>(repeating: m)
+        let src = UnsafeRawPointer(x), cp = UnsafeMutableRawPointer(codes)
+        for k in 0..<blocks {
+            let c = encode(src.loadUnaligned(fromByteOffset: 32 * k, as: SIMD8<Float>.self) * mv).code
+            cp.storeBytes(of: pack(c), toByteOffset: 4 * k, as: UInt32.self)
+        }
+    }
+
     /// `encodeBlocks` without x̂.
     static func encodeBlocks(_ x: UnsafePointer<Float>, _ codes: UnsafeMutablePointer<UInt8>, _ blocks: Int, _ s: Float) {
         let sv = SIMD8<Float>(repeating: s)

@@ -66,8 +66,13 @@ extension Quantizer {
                             } else if g.multiplier != 0 {
                                 Quantizer.codeSegmentPacked(x, codes, fake, start..<end, MultiplyScaling(g), fp4)
                             } else if twoLevel {
-                                Quantizer.codeSegmentPacked(x, codes, fake, start..<end,
-                                                            TwoLevelScaling(sb: g.scale, tensorScale: g.tensorScale), fp4)
+                                let scaling = TwoLevelScaling(sb: g.scale, tensorScale: g.tensorScale)
+                                if fake == nil && fp4.isE2M1 {
+                                    // Codes only (the packed GEMM's operands): SIMD8 e2m1 on x · (S / sb).
+                                    Quantizer.codeSegmentPackedMultiply(x, codes, start..<end, scaling, fp4)
+                                } else {
+                                    Quantizer.codeSegmentPacked(x, codes, fake, start..<end, scaling, fp4)
+                                }
                             } else {
                                 Quantizer.codeSegmentPackedDivide(x, codes, fake, start..<end, g.scale, fp4)
                             }
@@ -172,6 +177,25 @@ extension Quantizer {
             i += 8 * blocks
         }
         if i < end { codeSegmentPacked(x, codes, fake, i..<end, DivideScaling(s: s), fp4) }
+    }
+
+    /// e2m1 codes (no x̂) of x[range] · ratio for two-level scales, eight at a time with
+    /// `E2M1Kernel` (the same bits as `codeSegmentPacked` with `TwoLevelScaling`, whose toGrid is
+    /// x · ratio), the unaligned ends element by element.
+    static func codeSegmentPackedMultiply(_ x: UnsafePointer<Float>, _ codes: UnsafeMutablePointer<UInt8>,
+                                          _ range: Range<Int>, _ scaling: TwoLevelScaling, _ fp4: FP4NearestEven) {
+        var i = range.lowerBound
+        let end = range.upperBound
+        if i < end && i & 1 == 1 {
+            codeSegmentPacked(x, codes, nil, i..<(i + 1), scaling, fp4)
+            i += 1
+        }
+        let blocks = (end - i) >> 3
+        if blocks > 0 {
+            E2M1Kernel.encodeBlocks(x + i, codes + (i >> 1), blocks, multiplier: scaling.ratio)
+            i += 8 * blocks
+        }
+        if i < end { codeSegmentPacked(x, codes, nil, i..<end, scaling, fp4) }
     }
 
     /// `codeSegmentPacked` of a group with a zero scale: signed zeros.
