@@ -503,3 +503,11 @@ def test_metrics_are_written_at_every_evaluation(tmp_path, corpus, capsys, monke
     # evaluations at steps 0, 2, 4, 6: each finds the rows up to the one before on disk
     assert seen[0] is None
     assert seen[2] == [0, 1, 2] and seen[3] == [0, 1, 2, 3, 4]
+
+
+def test_fidelity_progress_into_a_log_has_no_escape_codes(corpus, capsys):
+    rc = cli.main(["fidelity", "--d-model", "32", "--layers", "1", "--heads", "2", "--seq-len", "32",
+                   "--batch-size", "4", "--steps", "3", "--threads", "1", "--data", corpus])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert "\r" not in cap.err and "\x1b" not in cap.err
