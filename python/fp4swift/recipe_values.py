@@ -28,6 +28,11 @@ BOOL_FIELDS = ("occ", "compensate", "dge")
 _NONE_WORDS = ("none", "off", "float32", "fp32")
 
 
+class FieldValueError(ValueError, TypeError):
+    """A value a recipe field cannot take. A ValueError; also a TypeError, which earlier versions
+    raised for a bad backward_weight / backward_input, so code catching that keeps working."""
+
+
 def _what(field: str) -> str:
     extra = "'forward', " if field in BACKWARD_FIELDS else ""
     return (f"{field} must be {extra}a QuantizerSpec, a format name ({', '.join(FORMATS)}), "
@@ -49,7 +54,7 @@ def as_quantizer(field: str, value: Any, current: Any = None) -> Optional[Quanti
     parts = [p.strip() for p in text.split("/")]
     fmt = parts[0]
     if fmt not in FORMATS or len(parts) > 4:
-        raise ValueError(f"{_what(field)}, got {value!r}")
+        raise FieldValueError(f"{_what(field)}, got {value!r}")
     base = current if isinstance(current, QuantizerSpec) else None
     nonfinite = base.nonfinite if base is not None else ("propagate" if field == "gradient" else "raise")
     if len(parts) == 1:
@@ -66,7 +71,7 @@ def as_quantizer(field: str, value: Any, current: Any = None) -> Optional[Quanti
         return QuantizerSpec.make(fmt, parts[1], *parts[2:], nonfinite=nonfinite,  # type: ignore[arg-type]
                                   stochastic_bits=bits)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{field}={value!r}: {e}") from None
+        raise FieldValueError(f"{field}={value!r}: {e}") from None
 
 
 def as_backward(field: str, value: Any, current: Any = None) -> Any:

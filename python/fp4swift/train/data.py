@@ -7,18 +7,23 @@ site-packages excluded), so nothing is downloaded.
 """
 from __future__ import annotations
 
+import hashlib
+import mmap
 import os
 import sysconfig
 import zlib
-from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 #: Fraction of files held out for validation (chosen by a stable hash of the relative path).
 VAL_PERMILLE = 50
 _SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__", ".git", ".hg", ".svn", "node_modules"}
-_MAX_FILE_BYTES = 64 << 20
+#: Files larger than this are memory-mapped instead of read (no size limit), and only their
+#: first _TEXT_SAMPLE bytes are checked for text.
+_MMAP_BYTES = 64 << 20
+_TEXT_SAMPLE = 4 << 20
 
 
 class DataError(ValueError):
@@ -35,10 +40,32 @@ class Corpus:
     files: int
     val_files: int
     split: str  # "by file" or "by position"
+    skipped: Dict[str, int] = field(default_factory=dict)  # reason -> files (or directories) left out
+    _fingerprint: Optional[Dict[str, Any]] = field(default=None, repr=False)
 
     def describe(self) -> str:
         return (f"{self.source}: {self.files} files, {self.train.size:,} train bytes, {self.val.size:,} validation bytes "
                 f"(split {self.split}, {self.val_files} validation files)")
+
+    def skipped_note(self) -> Optional[str]:
+        """'skipped 3 files under SOURCE: 2 binary, 1 unreadable (Permission denied)', or None."""
+        if not self.skipped:
+            return None
+        n = sum(self.skipped.values())
+        return (f"skipped {n} file{'s' if n != 1 else ''} under {self.source}: "
+                + ", ".join(f"{k} {reason}" for reason, k in sorted(self.skipped.items(), key=lambda kv: -kv[1])))
+
+    def fingerprint(self) -> Dict[str, Any]:
+        """Sizes and a SHA-256 of the two splits: what config.json records, so that a resumed run
+        notices changed data (its validation split and batches would differ)."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            for part in (self.train, self.val):
+                h.update(len(part).to_bytes(8, "little"))
+                h.update(memoryview(np.ascontiguousarray(part)))
+            self._fingerprint = {"files": self.files, "train_bytes": int(self.train.size),
+                                 "val_bytes": int(self.val.size), "sha256": h.hexdigest()}
+        return self._fingerprint
 
 
 def stdlib_path() -> str:
@@ -50,9 +77,9 @@ def _is_val(relpath: str) -> bool:
     return zlib.crc32(relpath.replace(os.sep, "/").encode("utf-8", "surrogateescape")) % 1000 < VAL_PERMILLE
 
 
-def _list_files(root: str, suffixes: Optional[Tuple[str, ...]]) -> List[str]:
+def _list_files(root: str, suffixes: Optional[Tuple[str, ...]], unreadable: List[OSError]) -> List[str]:
     out = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable.append):
         dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))
         for f in sorted(filenames):
             if f.startswith("."):
@@ -63,30 +90,43 @@ def _list_files(root: str, suffixes: Optional[Tuple[str, ...]]) -> List[str]:
     return out
 
 
-def _read_text(path: str) -> Optional[bytes]:
-    """The file's bytes if it looks like text (no NUL byte, mostly valid UTF-8), else None."""
+def _looks_like_text(data: Any) -> bool:
+    """No NUL byte and mostly valid UTF-8 (a few stray latin-1 bytes are tolerated)."""
+    if data.find(b"\x00") >= 0:
+        return False
+    head = bytes(data[:_TEXT_SAMPLE]) if len(data) > _MMAP_BYTES else data  # read files: all of it
     try:
-        if os.path.getsize(path) > _MAX_FILE_BYTES:
-            return None
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except OSError:
-        return None
-    if b"\x00" in data:
-        return None
-    try:
-        data.decode("utf-8")
+        (head if isinstance(head, bytes) else bytes(head)).decode("utf-8")
     except UnicodeDecodeError as e:
-        # tolerate a few stray bytes (latin-1 comments), reject binaries
-        bad = data[e.start:].decode("utf-8", errors="replace").count("\ufffd")
-        if bad > max(8, len(data) // 100):
-            return None
-    return data
+        if e.reason == "unexpected end of data" and len(data) > _MMAP_BYTES:
+            return True  # the sample cut a character in two
+        bad = bytes(head[e.start:]).decode("utf-8", errors="replace").count("\ufffd")
+        if bad > max(8, len(head) // 100):
+            return False
+    return True
+
+
+def _read_text(path: str) -> Tuple[Optional[Any], Optional[str]]:
+    """(the file's bytes, None) if it looks like text, else (None, why not): "empty", "binary",
+    "unreadable (reason)". Files above _MMAP_BYTES are memory-mapped, not read."""
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size == 0:
+                return None, "empty"
+            data: Any = fh.read() if size <= _MMAP_BYTES else mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    except OSError as e:
+        return None, f"unreadable ({e.strerror or e})"
+    if not _looks_like_text(data):
+        return None, "binary"
+    return data, None
 
 
 def load_corpus(path: Optional[str] = None) -> Corpus:
     """Reads the corpus: a text file, or every text file under a directory (recursively);
-    None = the standard library's .py files. Raises DataError on a missing path or no text."""
+    None = the standard library's .py files. Raises DataError on a missing path or no text,
+    naming why (unreadable, binary, empty); files left out of a directory are counted in
+    Corpus.skipped. Large files are memory-mapped (a single --data file is not copied)."""
     if path is None:
         root, suffixes, source = stdlib_path(), (".py",), "Python stdlib .py files"
         if not os.path.isdir(root):
@@ -96,20 +136,40 @@ def load_corpus(path: Optional[str] = None) -> Corpus:
         if not os.path.exists(path):
             raise DataError(f"--data {path}: no such file or directory")
     if os.path.isfile(root):
-        files, base = [root], os.path.dirname(root)
-    else:
-        files, base = _list_files(root, suffixes), root
-    train_parts: List[bytes] = []
-    val_parts: List[bytes] = []
-    n_files = 0
+        data, why = _read_text(root)
+        if data is None:
+            raise DataError(f"--data {root}: " + {"empty": "the file is empty",
+                                                  "binary": "not a text file (NUL bytes or mostly invalid UTF-8)"}.get(
+                why or "", f"cannot read the file: {(why or '')[len('unreadable ('):-1]}"))
+        tokens = np.frombuffer(data, dtype=np.uint8)
+        cut = tokens.size - max(1, tokens.size * VAL_PERMILLE // 1000)
+        return Corpus(tokens[:cut], tokens[cut:], source, 1, 0, "by position (last 5% of the bytes)")
+    unreadable_dirs: List[OSError] = []
+    files, base = _list_files(root, suffixes, unreadable_dirs), root
+    if unreadable_dirs and os.path.abspath(getattr(unreadable_dirs[0], "filename", "") or "") == os.path.abspath(root):
+        e = unreadable_dirs[0]
+        raise DataError(f"--data {root}: cannot read the directory: {e.strerror or e}")
+    skipped: Dict[str, int] = {}
+    for e in unreadable_dirs:
+        reason = f"unreadable directory ({e.strerror or e})"
+        skipped[reason] = skipped.get(reason, 0) + 1
+    train_parts: List[Any] = []
+    val_parts: List[Any] = []
+    n_files = empty = 0
     for f in files:
-        data = _read_text(f)
-        if not data:
+        data, why = _read_text(f)
+        if data is None:
+            if why == "empty":  # nothing lost: counted only when no file is left
+                empty += 1
+            else:
+                skipped[why or "unreadable"] = skipped.get(why or "unreadable", 0) + 1
             continue
         n_files += 1
         (val_parts if _is_val(os.path.relpath(f, base)) else train_parts).append(data)
     if n_files == 0:
-        raise DataError(f"{source}: no non-empty text files found" if path is not None else
+        reasons = dict(skipped, empty=empty) if empty else skipped
+        detail = " (" + ", ".join(f"{k} {r}" for r, k in reasons.items()) + ")" if reasons else ""
+        raise DataError(f"{source}: no non-empty text files found{detail}" if path is not None else
                         f"no .py files found under {root}; pass --data PATH")
     split = "by file"
     val_files = len(val_parts)
@@ -122,7 +182,7 @@ def load_corpus(path: Optional[str] = None) -> Corpus:
     else:
         train_b, val_b = b"\n".join(train_parts), b"\n".join(val_parts)
     return Corpus(np.frombuffer(train_b, dtype=np.uint8), np.frombuffer(val_b, dtype=np.uint8),
-                  source, n_files, val_files, split)
+                  source, n_files, val_files, split, skipped)
 
 
 def check_seq_len(corpus: Corpus, seq_len: int) -> None:

@@ -103,7 +103,7 @@ def _train_fp32(model: nn.Module, cfg: TrainConfig, corpus: Any, progress: bool)
     opt = make_optimizer(model, cfg)
     model.train()
     bar = None
-    if progress:
+    if progress and sys.stderr.isatty():  # no bar (carriage returns) into a redirected log
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.steps, desc="fp32 (brief)", unit="step", file=sys.stderr, dynamic_ncols=True)

@@ -60,10 +60,11 @@ def read_metrics(path: str) -> List[Dict[str, Optional[float]]]:
         return rows
 
 
-def load_checkpoint(path: str) -> Dict[str, Any]:
-    """A checkpoint written by the runner (model, optimizer, RNG, step, metrics, config)."""
+def load_checkpoint(path: str, mmap: bool = False) -> Dict[str, Any]:
+    """A checkpoint written by the runner (model, optimizer, RNG, step, metrics, config);
+    mmap=True maps its tensors instead of reading them (to look at the other fields)."""
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
+        ck = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # noqa: BLE001 - any unreadable file is a user-facing error
         raise RunError(f"cannot read checkpoint {path}: {e}") from None
     if not isinstance(ck, dict) or ck.get("version") != CHECKPOINT_VERSION:

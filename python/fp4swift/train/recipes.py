@@ -153,3 +153,49 @@ def converted_linear_names(model: nn.Module, recipe: str = "wang2025") -> List[s
         return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not n.endswith("lm_head")]
     probe = f4t.convert(model, recipe=recipe, inplace=False)
     return [n for n, m in probe.named_modules() if isinstance(m, f4t.FP4Linear)]
+
+
+def check_layer_shapes(model: nn.Module, spec: str, cfg: "TrainConfig") -> None:
+    """RunError unless every converted layer of `model` (the recipe spec's copy) runs under its
+    recipe, and under the spec's schedule target: one forward and backward of each distinct
+    (recipe, in, out features) at the run's batch shape, on random data, before anything is
+    written (block sizes that do not divide a layer, Quartet's multiples of 32, ...). The
+    library's per-call counter of random draws is left as it was, so the run's numbers do not
+    change."""
+    import itertools
+
+    import numpy as np
+
+    import fp4swift as f4
+    import fp4swift.linear as flinear
+    import fp4swift.torch as f4t
+    from fp4swift._native import FP4Error
+
+    plan = recipe_schedule(spec, cfg)
+    target = resolve_recipe(plan[1]) if plan is not None else None
+    tokens = cfg.batch_size * cfg.seq_len
+    rng = np.random.default_rng(0)
+    seen = set()
+    resume_at = next(flinear._CALLS)
+    try:
+        for name, m in f4t.linear_layers(model):
+            if not isinstance(m, (f4t.FP4Linear, f4t.FP4Conv1D)):
+                continue
+            w = (m.weight.t() if isinstance(m, f4t.FP4Conv1D) else m.weight).detach().contiguous().numpy()
+            b = None if m.bias is None else m.bias.detach().numpy()
+            n, k = w.shape
+            for r in [m.recipe] + ([target] if target is not None else []):
+                key = (id(r), n, k, b is not None)
+                if key in seen:
+                    continue
+                seen.add(key)
+                x = rng.standard_normal((tokens, k)).astype(np.float32)
+                try:
+                    y, saved = f4.linear_forward(x, w, b, r)
+                    f4.linear_backward(np.ones_like(y), saved)
+                except (ValueError, TypeError, FP4Error) as e:
+                    what = r.name if r is m.recipe else f"{r.name} (the schedule's target)"
+                    raise RunError(f"recipe {spec!r} cannot run layer {name} ({k} -> {n} features) under {what}: "
+                                   f"{str(e).splitlines()[0]}") from None
+    finally:
+        flinear._CALLS = itertools.count(resume_at)

@@ -5,8 +5,12 @@ data order.
 Output directory layout (DIR = --out, default runs/<YYYYmmdd-HHMMSS>, with runs/latest
 pointing at the newest default run):
 
-    DIR/config.json              the run's configuration (what --resume restores)
-    DIR/<recipe>/metrics.csv     step, train_loss, val_loss, tokens_per_s, elapsed_s
+    DIR/config.json              the run's configuration (what --resume restores) and the corpus's
+                                 sizes and SHA-256 (a resume with other data is refused)
+    DIR/.lock                    held (flock) by the process training in DIR: a second train or
+                                 --resume there is refused, naming it
+    DIR/<recipe>/metrics.csv     step, train_loss, val_loss, tokens_per_s, elapsed_s (rewritten at
+                                 every evaluation and checkpoint)
     DIR/<recipe>/checkpoint.pt   model, optimizer, RNG, step, metrics so far (atomic writes)
     DIR/loss_curves.png          training and validation loss of every recipe
     DIR/run.json                 what a scaling-law fit needs: arch, parameter counts (total and
@@ -44,40 +48,51 @@ from torch import nn
 from .config import CONFIG_FLAGS, Interrupted, RunError, TrainConfig, config_from_args
 from .data import Corpus, DataError, check_seq_len, load_corpus, val_batches
 from .files import atomic_write_text
+from .memory import check_memory
 from .model import build_model, count_parameters
-from .outputs import (CHECKPOINT_VERSION, RecipeResult, atomic_torch_save, default_out_dir, load_checkpoint,
+from .outputs import (CHECKPOINT_VERSION, RecipeResult, atomic_torch_save, load_checkpoint,
                       metrics_csv, run_metadata, update_latest_link, write_summary)
-from .recipes import check_recipes, prepare_model, recipe_schedule, resolve_recipe
+from .recipes import check_layer_shapes, check_recipes, prepare_model, recipe_schedule, resolve_recipe
+from .rundir import (RunLock, WriteError, check_writable, create_default_dir, create_dir, remove_stale_temporaries,
+                     writing)
 from .step import evaluate, make_optimizer, train_step
 from .threads import configure_threads, default_threads
 
 
 class _StopFlag:
-    """First Ctrl-C: finish the current step, checkpoint, exit. Second: abort at once."""
+    """First Ctrl-C (SIGINT) or SIGTERM: finish the current step, checkpoint, exit. Second: abort
+    at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, stop_after: Optional[int], say: Callable[[str], None]) -> None:
         self.requested = False
+        self.signum: Optional[int] = None  # the signal that asked to stop (None: --stop-after)
         self.stop_after = stop_after
         self.steps_this_session = 0
         self.say = say
-        self._old: Any = None
+        self._old: Dict[int, Any] = {}
 
     def __enter__(self) -> "_StopFlag":
-        try:
-            self._old = signal.signal(signal.SIGINT, self._handler)
-        except ValueError:  # not the main thread: no handler, Ctrl-C raises as usual
-            self._old = None
+        for sig in self.SIGNALS:
+            try:
+                self._old[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread: no handler, Ctrl-C raises as usual
+                pass
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
 
     def _handler(self, signum: int, frame: Any) -> None:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        self.say("Ctrl-C: stopping after the current step and writing a checkpoint (Ctrl-C again to abort)")
+        self.signum = signum
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        self.say(f"{name}: stopping after the current step and writing a checkpoint ({name} again to abort)")
 
     def step_done(self) -> bool:
         self.steps_this_session += 1
@@ -96,30 +111,103 @@ INTERLEAVE_STEPS = 10
 class Runner:
     """Trains every recipe of a TrainConfig into an output directory."""
 
-    def __init__(self, cfg: TrainConfig, out: str, resume: bool = False, progress: bool = True,
+    def __init__(self, cfg: TrainConfig, out: Optional[str], resume: bool = False, progress: bool = True,
                  stop_after: Optional[int] = None, log: Callable[[str], None] = print,
-                 point_latest: bool = False, threads: Optional[int] = None) -> None:
+                 point_latest: bool = False, threads: Optional[int] = None, runs_root: str = "runs",
+                 stored_corpus: Optional[Dict[str, Any]] = None) -> None:
+        """out None: a new directory under runs_root (runs/<YYYYmmdd-HHMMSS>), created when the
+        run starts. stored_corpus: the corpus fingerprint of the config.json being resumed."""
         self.cfg, self.out, self.resume, self.progress = cfg, out, resume, progress
+        self.runs_root = runs_root
         self.threads = threads or default_threads()
         self.stop_after, self.log, self.point_latest = stop_after, log, point_latest
+        self.stored_corpus = stored_corpus
         self.corpus: Optional[Corpus] = None
         self.base: Optional[nn.Module] = None
+        self.lock: Optional[RunLock] = None
+        self.stop: Optional[_StopFlag] = None
+        #: recipe -> step of its last checkpoint on disk (what a failed write leaves intact)
+        self.checkpointed: Dict[str, int] = {}
 
     # -- setup: everything that can fail on bad input happens here, before any file is written
     def prepare(self) -> None:
         cfg = self.cfg
         cfg.validate()
         check_recipes(cfg.recipes, cfg)
+        check_memory(cfg)
+        if self.out is not None:
+            lock = RunLock(self.out)
+            holder = lock.holder()
+            if holder is not None:
+                raise lock.in_use(holder)
+        check_writable(self.out or self.runs_root, cfg.recipes if self.out else ())
+        if self.resume:
+            self._check_checkpoints()
         try:
             self.corpus = load_corpus(cfg.data)
             check_seq_len(self.corpus, cfg.seq_len)
         except DataError as e:
             raise RunError(str(e)) from None
+        self._check_corpus()
         self.base = build_model(cfg.model_config(), cfg.seed)
-        for r in cfg.recipes:  # convert now so a recipe convert() rejects fails before training
-            prepare_model(self.base, r)
+        for r in cfg.recipes:  # convert and run each layer shape now, so a recipe fails before training
+            check_layer_shapes(prepare_model(self.base, r), r, cfg)
+        if self.out is not None and not self.resume and os.path.exists(os.path.join(self.out, "config.json")):
+            raise RunError(f"{self.out} already holds a run; continue it with --resume or choose another --out")
+
+    def _check_checkpoints(self) -> None:
+        """On --resume: each recipe's checkpoint belongs to that recipe and this configuration
+        (read with mmap, so the tensors are not loaded here)."""
+        assert self.out is not None
+        for recipe in self.cfg.recipes:
+            path = os.path.join(self.out, recipe, "checkpoint.pt")
+            if os.path.exists(path):
+                self._check_checkpoint(path, recipe, load_checkpoint(path, mmap=True))
+
+    def _check_checkpoint(self, path: str, recipe: str, ck: Dict[str, Any]) -> None:
+        if ck.get("recipe") != recipe:
+            raise RunError(f"{path} is a checkpoint of recipe {ck.get('recipe')!r}, not {recipe!r}; "
+                           f"put it back in its recipe's folder")
+        if TrainConfig.from_dict(ck.get("config") or {}).to_dict() != self.cfg.to_dict():
+            raise RunError(f"{path} was written by a different configuration than {self.out}/config.json")
+
+    def _check_corpus(self) -> None:
+        """On --resume: the data must be what config.json recorded (it fixes the validation split
+        and every batch)."""
+        assert self.corpus is not None
+        old = self.stored_corpus
+        if not self.resume or not old:
+            return
+        new = self.corpus.fingerprint()
+        if any(old.get(k) != new[k] for k in ("train_bytes", "val_bytes", "sha256")):
+            where = self.cfg.data or "the Python standard library's .py files (of this interpreter)"
+            raise RunError(f"the data changed since this run started: {self.out}/config.json records "
+                           f"{old.get('train_bytes', 0):,} + {old.get('val_bytes', 0):,} bytes (sha256 "
+                           f"{str(old.get('sha256'))[:12]}), {where} now gives {new['train_bytes']:,} + "
+                           f"{new['val_bytes']:,} bytes (sha256 {new['sha256'][:12]}); resume with the data it "
+                           f"started with")
+
+    def open_dir(self) -> None:
+        """Creates the run directory (atomically: two runs never share one), takes its lock,
+        removes temporary files an interrupted write left, and creates the recipes' folders."""
+        if self.out is None:
+            self.out = create_default_dir(self.runs_root)
+        else:
+            create_dir(self.out)
+        self.lock = RunLock(self.out).acquire()
         if not self.resume and os.path.exists(os.path.join(self.out, "config.json")):
             raise RunError(f"{self.out} already holds a run; continue it with --resume or choose another --out")
+        gone = remove_stale_temporaries(self.out, self.cfg.recipes)
+        if gone:
+            self._say(f"removed {len(gone)} temporary file(s) an interrupted write left in {self.out}")
+        for recipe in self.cfg.recipes:
+            create_dir(os.path.join(self.out, recipe))
+
+    def close(self) -> None:
+        """Releases the run directory's lock."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def resume_message(self) -> str:
         return f"fp4swift train --resume --out {self.out}"
@@ -128,15 +216,20 @@ class Runner:
         if self.base is None:
             self.prepare()
         assert self.corpus is not None and self.base is not None
+        if self.lock is None:
+            self.open_dir()
         with _StopFlag(self.stop_after, self._say) as stop:
+            self.stop = stop
             return self._run(stop)
 
     def _run(self, stop: "_StopFlag") -> List[RecipeResult]:
-        assert self.corpus is not None and self.base is not None
+        assert self.corpus is not None and self.base is not None and self.out is not None
         cfg = self.cfg
-        os.makedirs(self.out, exist_ok=True)
         if not self.resume:
-            atomic_write_text(os.path.join(self.out, "config.json"), json.dumps(cfg.to_dict(), indent=2) + "\n")
+            path = os.path.join(self.out, "config.json")
+            with writing(path):
+                atomic_write_text(path, json.dumps(dict(cfg.to_dict(), corpus=self.corpus.fingerprint()),
+                                                   indent=2) + "\n")
         if self.point_latest:
             update_latest_link(self.out)
         n_params = count_parameters(self.base)
@@ -146,6 +239,9 @@ class Runner:
                  f"{'tied' if cfg.tie_embeddings else 'untied'} head: {n_params:,} parameters "
                  f"({count_parameters(self.base, exclude_embeddings=True):,} without the embedding)")
         self.log(f"data: {self.corpus.describe()}")
+        note = self.corpus.skipped_note()
+        if note:
+            print(f"fp4swift train: warning: {note}", file=sys.stderr)
         self.log(f"training: {cfg.steps} steps x {cfg.batch_size} x {cfg.seq_len} tokens "
                  f"= {cfg.steps * cfg.batch_size * cfg.seq_len:,} tokens per recipe; AdamW lr {cfg.lr:g}, "
                  f"warmup {cfg.warmup_steps}, cosine to {cfg.min_lr_ratio:g}x; seed {cfg.seed}; "
@@ -176,9 +272,10 @@ class Runner:
 
     def write_run_json(self, results: List["RecipeResult"]) -> None:
         """DIR/run.json (see the module docstring) from the recipes finished so far."""
-        assert self.base is not None
-        atomic_write_text(os.path.join(self.out, "run.json"),
-                          json.dumps(run_metadata(self.cfg, self.base, results), indent=2) + "\n")
+        assert self.base is not None and self.out is not None
+        path = os.path.join(self.out, "run.json")
+        with writing(path):
+            atomic_write_text(path, json.dumps(run_metadata(self.cfg, self.base, results), indent=2) + "\n")
 
     def _say(self, msg: str) -> None:
         try:
@@ -190,6 +287,17 @@ class Runner:
 
     def _checkpoint(self, run: "_RecipeRun", done: bool, diverged_at: Optional[int] = None) -> None:
         """The recipe's checkpoint.pt and metrics.csv as of its current step."""
+        with writing(run.ckpt_path):
+            self._save_checkpoint(run, done, diverged_at)
+        self.checkpointed[run.recipe] = run.step
+        self._write_metrics(run)
+
+    def _write_metrics(self, run: "_RecipeRun") -> None:
+        path = os.path.join(os.path.dirname(run.ckpt_path), "metrics.csv")
+        with writing(path):
+            atomic_write_text(path, metrics_csv(run.rows))
+
+    def _save_checkpoint(self, run: "_RecipeRun", done: bool, diverged_at: Optional[int]) -> None:
         atomic_torch_save({
             "version": CHECKPOINT_VERSION,
             "recipe": run.recipe,
@@ -207,15 +315,14 @@ class Runner:
             "config": self.cfg.to_dict(),
             "threads": self.threads,
         }, run.ckpt_path)
-        atomic_write_text(os.path.join(os.path.dirname(run.ckpt_path), "metrics.csv"), metrics_csv(run.rows))
 
     def _open_recipe(self, recipe: str) -> "_RecipeRun":
         """A recipe's model (converted copy of the base), optimizer and schedule, restored from its
         checkpoint when resuming."""
-        assert self.base is not None
+        assert self.base is not None and self.out is not None
         cfg = self.cfg
         rdir = os.path.join(self.out, recipe)
-        os.makedirs(rdir, exist_ok=True)
+        create_dir(rdir)
         model = prepare_model(self.base, recipe)
         fp4 = resolve_recipe(recipe) is not None
         configure_threads(self.threads, fp4=fp4)
@@ -231,13 +338,13 @@ class Runner:
                          plan, schedule, switch)
         if self.resume and os.path.exists(run.ckpt_path):
             ck = load_checkpoint(run.ckpt_path)
-            if TrainConfig.from_dict(ck.get("config") or {}).to_dict() != cfg.to_dict():
-                raise RunError(f"{run.ckpt_path} was written by a different configuration than {self.out}/config.json")
+            self._check_checkpoint(run.ckpt_path, recipe, ck)
             model.load_state_dict(ck["model"])
             run.opt.load_state_dict(ck["optimizer"])
             torch.set_rng_state(ck["torch_rng"])
             run.step, run.rows, run.train_time, run.wall = ck["step"], list(ck["rows"]), ck["train_time"], ck["wall"]
             run.diverged_at, run.done = ck["diverged_at"], ck["done"]
+            self.checkpointed[recipe] = run.step
             if not run.done:
                 self.log(f"[{recipe}] resuming at step {run.step} of {cfg.steps}")
                 if ck.get("threads") not in (None, self.threads):
@@ -268,6 +375,8 @@ class Runner:
         run.wall += time.perf_counter() - t_wall
         row["elapsed_s"] = run.wall
         run.rows.append(row)
+        if row["val_loss"] is not None:
+            self._write_metrics(run)
         return row
 
     def _run_recipe(self, recipe: str, vals: List[Tuple[np.ndarray, np.ndarray]], stop: _StopFlag,
@@ -286,7 +395,8 @@ class Runner:
             run.rows.append({"step": 0, "train_loss": None, "val_loss": evaluate(run.model, vals),
                              "tokens_per_s": None, "elapsed_s": 0.0})
         bar = None
-        if self.progress:
+        plain = self.progress and not _is_terminal(sys.stderr)  # a log file: lines, no bars
+        if self.progress and not plain:
             from tqdm import tqdm
 
             bar = tqdm(total=cfg.steps, initial=run.step, desc=f"{recipe:>12}", unit="step", file=sys.stderr,
@@ -303,6 +413,10 @@ class Runner:
                 row = self._train_step(run, vals)
                 if row["val_loss"] is not None:
                     last_val = row["val_loss"]
+                    if plain:
+                        tps = row["tokens_per_s"]
+                        self._say(f"[{recipe}] step {run.step}/{cfg.steps}: loss {row['train_loss']:.4f}, "
+                                  f"val {last_val:.4f}, " + (f"{tps:,.0f} tokens/s" if tps else "- tokens/s"))
                 if bar is not None:
                     loss_v, tps = row["train_loss"], row["tokens_per_s"]
                     post = {"loss": f"{loss_v:.3f}", "tok/s": f"{tps:,.0f}" if tps is not None else "-"}
@@ -351,6 +465,13 @@ class _RecipeRun:
                             self.switch)
 
 
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
 def _err(msg: str) -> int:
     print(f"fp4swift train: error: {msg}", file=sys.stderr)
     return 2
@@ -362,11 +483,26 @@ def _display_path(p: str) -> str:
     return rel if not rel.startswith("..") else real
 
 
+def _write_failed(e: WriteError, runner: "Runner") -> int:
+    """One line: what could not be written, which checkpoints are intact, how to resume."""
+    msg = str(e)
+    if runner.lock is not None:  # the run had started: say what is on disk
+        if runner.checkpointed:
+            msg += ("; the last checkpoints are intact (" + ", ".join(f"{r}: step {s}" for r, s in
+                                                                     runner.checkpointed.items())
+                    + f"); free space or fix the permissions, then resume with: {runner.resume_message()}")
+        elif os.path.exists(os.path.join(runner.out or "", "config.json")):
+            msg += f"; no checkpoint was written yet; fix the cause, then resume with: {runner.resume_message()}"
+    return _err(msg)
+
+
 def train_command(args: Any) -> int:
-    """`fp4swift train`: returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
+    """`fp4swift train`: returns the exit status (0 ok, 1 every recipe diverged, 2 bad input or a
+    write error, 130 interrupted by Ctrl-C, 143 by SIGTERM)."""
     t_start = time.perf_counter()
     if args.threads is not None and args.threads <= 0:
         return _err(f"--threads must be positive, got {args.threads}")
+    stored_corpus = None
     if args.resume:
         out = _display_path(args.out or os.path.join("runs", "latest"))
         cfg_path = os.path.join(out, "config.json")
@@ -374,9 +510,11 @@ def train_command(args: Any) -> int:
             return _err(f"nothing to resume: {cfg_path} does not exist")
         try:
             with open(cfg_path) as fh:
-                stored = TrainConfig.from_dict(json.load(fh))
-        except (OSError, ValueError, TypeError) as e:
+                raw = json.load(fh)
+            stored = TrainConfig.from_dict(raw)
+        except (OSError, ValueError, TypeError, AttributeError) as e:
             return _err(f"cannot read {cfg_path}: {e}")
+        stored_corpus = raw.get("corpus") if isinstance(raw.get("corpus"), dict) else None
         try:
             cfg = config_from_args(args, stored)
         except RunError as e:
@@ -386,41 +524,63 @@ def train_command(args: Any) -> int:
             return _err(f"--resume continues {out} as it was configured; these flags differ from its config.json: "
                         + ", ".join(f"--{k.replace('_', '-')}" for k in changed))
         point_latest = False
+        out_dir: Optional[str] = out
     else:
         try:
             cfg = config_from_args(args)
         except RunError as e:
             return _err(str(e))
         point_latest = args.out is None
-        out = args.out or default_out_dir()
-    runner = Runner(cfg, out, resume=bool(args.resume), progress=not args.no_progress,
+        out_dir = args.out
+    runner = Runner(cfg, out_dir, resume=bool(args.resume), progress=not args.no_progress,
                     stop_after=getattr(args, "stop_after", None), point_latest=point_latest,
-                    threads=args.threads)
+                    threads=args.threads, stored_corpus=stored_corpus)
+    try:
+        return _train(runner, cfg, args, t_start)
+    except WriteError as e:
+        return _write_failed(e, runner)
+    except RunError as e:
+        return _err(str(e))
+    finally:
+        runner.close()
+
+
+def _train(runner: "Runner", cfg: TrainConfig, args: Any, t_start: float) -> int:
     try:
         runner.prepare()
         results = runner.run()
-    except RunError as e:
-        return _err(str(e))
     except Interrupted as e:
+        sig = runner.stop.signum if runner.stop is not None else None
         print(f"fp4swift train: interrupted ({e}); checkpoint written. Resume with:\n  {runner.resume_message()}",
               file=sys.stderr)
-        return 130
+        return 128 + (sig or signal.SIGINT)
     except KeyboardInterrupt:
-        print(f"fp4swift train: aborted; the last periodic checkpoints in {out} are intact. Resume with:\n  "
+        print(f"fp4swift train: aborted; the last periodic checkpoints in {runner.out} are intact. Resume with:\n  "
               f"{runner.resume_message()}", file=sys.stderr)
         return 130
+    out = runner.out
+    assert out is not None
     n_params = count_parameters(runner.base) if runner.base is not None else 0
     n_non_emb = count_parameters(runner.base, exclude_embeddings=True) if runner.base is not None else 0
     from .plots import plot_losses
 
-    png = plot_losses(os.path.join(out, "loss_curves.png"), {r.recipe: r.rows for r in results},
-                      title=f"{n_params:,}-parameter {cfg.model_config().label} model, {cfg.steps} steps, byte-level")
+    with writing(os.path.join(out, "loss_curves.png")):
+        png = plot_losses(os.path.join(out, "loss_curves.png"), {r.recipe: r.rows for r in results},
+                          title=f"{n_params:,}-parameter {cfg.model_config().label} model, {cfg.steps} steps, "
+                                f"byte-level")
     wall = time.perf_counter() - t_start
-    md = write_summary(out, results, cfg, n_params, wall if not args.resume else None, n_non_emb)
+    with writing(os.path.join(out, "summary.md")):
+        md = write_summary(out, results, cfg, n_params, wall if not args.resume else None, n_non_emb)
     print()
     print(md)
     print()
     print(f"wrote {out}/summary.md, summary.csv, "
           f"{'loss_curves.png, ' if png else '(no plot: matplotlib missing), '}"
           f"run.json, <recipe>/metrics.csv and checkpoint.pt; wall time {wall:.1f} s")
+    diverged = [r for r in results if r.diverged_at is not None]
+    if results and len(diverged) == len(results):
+        print("fp4swift train: error: every recipe diverged ("
+              + ", ".join(f"{r.recipe} at step {r.diverged_at}" for r in diverged)
+              + "); try a lower --lr or a longer --warmup", file=sys.stderr)
+        return 1
     return 0
