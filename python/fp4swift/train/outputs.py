@@ -160,8 +160,10 @@ def summarize(results: List[RecipeResult]) -> Tuple[List[Dict[str, Any]], str]:
     lines.append("")
     lines.append("gap = (val - val_fp32) / val_fp32; tokens/s = training tokens / time in training steps "
                  "(evaluation excluded); relative cost = tokens/s of fp32 / tokens/s of the recipe. "
-                 "FP4 here is simulated (fake-quantized float32 GEMMs in the Swift core), so cost measures "
-                 "the simulation overhead on this CPU, not FP4 hardware speed. A negative gap is a lower loss than fp32.")
+                 "FP4 GEMMs whose operands are both FP4 codes run on the codes with integer SIMD (recipe gemm='packed', "
+                 "the default; numerics.md §11), the others on fake-quantized float32 operands with OpenBLAS; fp32 "
+                 "is torch's nn.Linear. Relative cost is measured on this CPU, not FP4 hardware. "
+                 "A negative gap is a lower loss than fp32.")
     return table, "\n".join(lines)
 
 
