@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from torch import nn
 
+from ..recipe import _spec_value  # one parser of spec values: on/off, numbers, text
 from .config import RunError, TrainConfig
 
 
@@ -17,20 +18,6 @@ def available_recipes() -> List[str]:
 
     names = list(f4.recipes())
     return names if "fp32" in names else ["fp32"] + names
-
-
-def _parse_value(v: str) -> Any:
-    low = v.strip().lower()
-    if low in ("on", "true", "yes"):
-        return True
-    if low in ("off", "false", "no"):
-        return False
-    for conv in (int, float):
-        try:
-            return conv(v)
-        except ValueError:
-            pass
-    return v.strip()
 
 
 #: Recipe-spec keys of the target-precision schedule (not Recipe fields).
@@ -66,7 +53,7 @@ def recipe_schedule(spec: str, cfg: "TrainConfig") -> Optional[Tuple[float, str]
     at: Optional[float] = cfg.switch_at
     raw = sched.get("switch_at")
     if raw is not None:
-        v = _parse_value(raw)
+        v = _spec_value(raw)
         if v is False:
             at = None
         elif isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1:
@@ -113,7 +100,7 @@ def resolve_recipe(spec: str) -> Any:
                                                                                            "stochastic_bits"})
             if key.strip() not in allowed:
                 raise RunError(f"recipe {spec!r}: unknown field {key.strip()!r}; fields: {', '.join(allowed)}")
-            changes[key.strip()] = _parse_value(val)
+            changes[key.strip()] = _spec_value(val)
         try:
             recipe = recipe.replace(**changes)
         except (TypeError, ValueError) as e:
