@@ -33,7 +33,7 @@ class LinearSaved:
     backward recomputes W_q from it, so do not modify w in between."""
 
     def __init__(self, recipe: Recipe, x_shape: Tuple[int, ...], tokens: int, in_features: int, out_features: int,
-                 w: np.ndarray, has_bias: bool) -> None:
+                 w: np.ndarray, has_bias: bool, draw_seed: bool = True) -> None:
         self.recipe = recipe
         self.x_shape = x_shape
         self.tokens, self.in_features, self.out_features = tokens, in_features, out_features
@@ -44,7 +44,9 @@ class LinearSaved:
         #: Seed of the backward's stochastic rounding of dY: the recipe's, mixed with this
         #: forward's call number, so every forward/backward pair draws afresh and a retained
         #: backward repeats its draws.
-        self.gradient_seed = _call_seed(rc.grad_seed, next(_CALLS)) if rc.grad_stochastic else rc.grad_seed
+        #: A prepared input's state takes no call number (draw_seed=False): each layer sharing it
+        #: takes its own, so the sequence of draws is the one separate forwards would use.
+        self.gradient_seed = _call_seed(rc.grad_seed, next(_CALLS)) if rc.grad_stochastic and draw_seed else rc.grad_seed
         codes_len, scales_len, cap, bytes_len = rc.saved_sizes(tokens, in_features)
         self.x_codes = np.empty(codes_len, dtype=np.uint8)
         # Scales in their stored form: float32, or the e8m0 / e4m3 bytes of e8m0 and nvfp4.
@@ -202,7 +204,7 @@ def prepare_input(x: Any, recipe: Any = "wang2025", operand: Optional[np.ndarray
     if xa.ndim == 0:
         raise ValueError("x must have at least one dimension (its last one is in_features)")
     T, K = as_matrix_shape(xa.shape)
-    state = LinearSaved(r, xa.shape, T, K, 0, None, False)  # type: ignore[arg-type]
+    state = LinearSaved(r, xa.shape, T, K, 0, None, False, draw_seed=False)  # type: ignore[arg-type]
     if r.saved_input is None:
         state.x = xa
     rc = _recipe_c(r)

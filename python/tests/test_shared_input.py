@@ -207,3 +207,23 @@ def test_torch_sharing_keeps_no_input_alive():
     del x
     gc.collect()
     assert ref() is None
+
+
+def test_shared_input_takes_the_call_numbers_separate_forwards_take():
+    # Stochastic recipes (nvfp4) seed each backward with a per-forward call number; a prepared
+    # input must not take one itself, or every later draw shifts and sharing changes gradients.
+    from fp4swift import linear
+
+    rng = np.random.default_rng(8)
+    x = _x(rng, (32, 64))
+    w = rng.standard_normal((32, 64), dtype=np.float32)
+    n0 = next(linear._CALLS)
+    _, a = f4.linear_forward(x, w, None, "nvfp4")
+    _, b = f4.linear_forward(x, w, None, "nvfp4")
+    n1 = next(linear._CALLS)
+    p = f4.prepare_input(x, "nvfp4")
+    _, c = f4.linear_forward(None, w, None, "nvfp4", prepared=p)
+    _, d = f4.linear_forward(None, w, None, "nvfp4", prepared=p)
+    n2 = next(linear._CALLS)
+    assert n1 - n0 == n2 - n1 == 3  # two layers, one call number each (+1 for the probe)
+    assert len({s.gradient_seed for s in (a, b, c, d)}) == 4  # every layer draws afresh
