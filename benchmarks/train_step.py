@@ -24,6 +24,7 @@ from typing import Dict, List
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _timing import print_table  # noqa: E402
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `fp4swift train` does (train/threads.py)
 import torch  # noqa: E402
 
 from fp4swift.train.data import load_corpus, train_batch  # noqa: E402

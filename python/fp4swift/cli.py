@@ -343,10 +343,15 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                                   "instead of the Python standard library's .py files")
     g.add_argument("--threads", type=int, help="CPU threads per recipe (default 1: robust when other processes "
                                                "share the cores, and a per-core cost comparison); fp32 runs torch "
-                                               "on them, FP4 recipes the Swift core and OpenBLAS (torch on 1)")
+                                               "on them, FP4 recipes the Swift core and OpenBLAS and torch too when OpenMP "
+                                               "waits passively (the default here; torch on 1 otherwise)")
 
 
 def _needs_torch(cmd: str) -> bool:
+    # Before torch loads its OpenMP runtime: idle OpenMP workers sleep instead of spinning, so
+    # torch and the Swift core's threads can share the cores (train/threads.py). A value the
+    # user set is kept.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         import torch  # noqa: F401
     except ImportError:

@@ -56,7 +56,7 @@ from .recipes import check_layer_shapes, check_recipes, prepare_model, recipe_sc
 from .rundir import (RunLock, WriteError, check_writable, create_default_dir, create_dir, remove_stale_temporaries,
                      writing)
 from .step import evaluate, make_optimizer, train_step
-from .threads import configure_threads, default_threads
+from .threads import configure_threads, default_threads, describe_threads
 
 
 class _StopFlag:
@@ -245,8 +245,8 @@ class Runner:
         self.log(f"training: {cfg.steps} steps x {cfg.batch_size} x {cfg.seq_len} tokens "
                  f"= {cfg.steps * cfg.batch_size * cfg.seq_len:,} tokens per recipe; AdamW lr {cfg.lr:g}, "
                  f"warmup {cfg.warmup_steps}, cosine to {cfg.min_lr_ratio:g}x; seed {cfg.seed}; "
-                 f"threads {self.threads} (fp32: torch {self.threads}; FP4 recipes: Swift core + OpenBLAS "
-                 f"{self.threads}, torch 1)")
+                 f"threads {self.threads} (fp32: {describe_threads(self.threads, False)}; FP4 recipes: "
+                 f"{describe_threads(self.threads, True)})")
         self.log(f"output: {self.out}")
         vals = val_batches(self.corpus.val, cfg.eval_batches, cfg.batch_size, cfg.seq_len)
         turns = {recipe: self._run_recipe(recipe, vals, stop, position=i) for i, recipe in enumerate(cfg.recipes)}
