@@ -585,8 +585,51 @@ def _build():  # noqa: C901 - one closure holding all fuzz targets
             for name, role in f4t.module_roles(m):  # converted exactly where the module policy says
                 assert isinstance(m.get_submodule(name), f4t.FP4Linear) == (policy.for_role(role) is not None)
 
+    # ---- packed GEMM -----------------------------------------------------------------
+
+    gemm_specs = st.sampled_from([("e2m1", "row", "absmax", None), ("e2m1", "tensor", "pow2", None),
+                                  ("e2m1", "block", "e8m0", 32), ("e2m1", "block", "nvfp4", 16),
+                                  ("e2m1", "block2d", "nvfp4", 16), ("e1m2", "block", "absmax", 16),
+                                  ("e3m0", "row", "absmax", None), ("e2m1", "column", "absmax", None),
+                                  ("e4m3", "row", "absmax", None), ("e2m1", "block", "e8m0_rceil", 32)])
+
+    @given(st.integers(0, 2**32 - 1), st.sampled_from([0, 1, 3, 16, 33]), st.sampled_from([0, 1, 5, 16, 32]),
+           st.sampled_from([0, 1, 3, 16, 32, 48, 64]), gemm_specs, gemm_specs,
+           st.sampled_from([None, "generic", "avx2", "avx512vnni", "sse9", 3]),
+           st.sampled_from(["none", "none", "short_scales", "short_codes", "nan_scale", "wrong_type"]))
+    def fuzz_gemm(seed, m, n, k, sa, sb, path, tamper):
+        rng = np.random.default_rng(seed)
+        a = (rng.standard_normal((m, k)) * 10.0 ** rng.integers(-3, 4)).astype(np.float32)
+        b = (rng.standard_normal((n, k)) * 10.0 ** rng.integers(-3, 4)).astype(np.float32)
+        oka, qa = call("quantize", f4.quantize, a, sa[0], sa[1], sa[2], block=sa[3])
+        okb, qb = call("quantize", f4.quantize, b, sb[0], sb[1], sb[2], block=sb[3])
+        if not (oka and okb):
+            return
+        if tamper == "short_scales" and qa.scales.size:
+            qa = f4.QuantizedTensor(qa.codes, qa.scales.reshape(-1)[:-1], qa.shape, qa.fmt, qa.spec, qa.tensor_scale,
+                                    qa._float_scales.reshape(-1)[:-1])
+        elif tamper == "short_codes" and qa.codes.size:
+            qa = f4.QuantizedTensor(qa.codes[:-1], qa.scales, qa.shape, qa.fmt, qa.spec, qa.tensor_scale, qa._float_scales)
+        elif tamper == "nan_scale" and qa.scales.size:
+            sc = qa.scales.copy()
+            sc.reshape(-1)[0] = 255 if sc.dtype == np.uint8 else np.nan
+            qa = f4.QuantizedTensor(qa.codes, sc, qa.shape, qa.fmt, qa.spec, qa.tensor_scale, qa._float_scales)
+        elif tamper == "wrong_type":
+            qa = a
+        ok, c = call("gemm", f4.gemm, qa, qb, path=path)
+        if not ok:
+            return
+        assert c.shape == (m, n) and c.dtype == np.float32
+        if tamper == "none":
+            A = qa.dequantize().astype(np.float64).reshape(m, k)
+            B = qb.dequantize().astype(np.float64).reshape(n, k)
+            G = k  # at most one group per element: a loose but valid count
+            mag = np.abs(A) @ np.abs(B).T
+            assert np.all(np.abs(c - A @ B.T) <= (G + 5) * 2.0 ** -24 * mag + 1e-30), (sa, sb, m, n, k)
+
     return [fuzz_encode, fuzz_decode_encode_grid, fuzz_decode, fuzz_pack, fuzz_fake_quantize, fuzz_quantize,
-            fuzz_fidelity, fuzz_dge_derivative, fuzz_dge_surrogate, fuzz_occ, fuzz_csr, fuzz_linear, fuzz_torch]
+            fuzz_fidelity, fuzz_dge_derivative, fuzz_dge_surrogate, fuzz_occ, fuzz_csr, fuzz_linear, fuzz_torch,
+            fuzz_gemm]
 
 
 def main() -> int:
