@@ -185,6 +185,10 @@ def _ddp_worker(rank, world, port, recipe, x, g, state, out):
         if rank == 0:
             out["w"] = layer.weight.grad.clone()
             out["b"] = layer.bias.grad.clone()
+        # Both ranks done before either tears gloo down: a rank that destroyed the group while
+        # the other still had gloo work in flight aborted once ("terminate called without an
+        # active exception", exit -6) in a full-suite run.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
