@@ -181,7 +181,7 @@ final class DGETests: XCTestCase {
     }
 }
 
-// MARK: - Double references (spec §4 formulas)
+// MARK: - Double references (numerics.md §4 formulas)
 
 /// Grid interval [a, a+δ) of |v| in an ascending magnitude table; the last one closed.
 private func dgeInterval(_ a: Double, table: [Double]) -> (lo: Double, delta: Double) {

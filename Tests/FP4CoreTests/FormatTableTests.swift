@@ -58,7 +58,7 @@ final class FormatTableTests: XCTestCase {
         }
     }
 
-    /// Magnitude codes ascend with value (spec §1), in every format (NaN/inf codes excluded).
+    /// Magnitude codes ascend with value (numerics.md §1), in every format (NaN/inf codes excluded).
     func testMagnitudeCodesAscend() {
         for f in MiniFloatFormat.all {
             var last = -Float.infinity

@@ -175,7 +175,7 @@ final class LinearLayerTests: XCTestCase {
         XCTAssertEqual(r.savedScales.count, 1)
     }
 
-    /// Zhou et al. (spec §7): an FP4 forward (e2m1 block(16)) with FP8 backward GEMMs of their own
+    /// Zhou et al. (numerics.md §7): an FP4 forward (e2m1 block(16)) with FP8 backward GEMMs of their own
     /// (dY e5m2 per tensor; W and X e4m3 per column, from the float32 W and X); the forward saves
     /// the e4m3 codes of X, one byte per element.
     func testOwnBackwardOperands() throws {

@@ -1,7 +1,7 @@
 import XCTest
 @testable import FP4Core
 
-/// The quest scale rule (spec §2) and the clip mask, against a float64 computation here.
+/// The quest scale rule (numerics.md §2) and the clip mask, against a float64 computation here.
 final class QuestTests: XCTestCase {
     /// 2^floor(log2((2.92247856 / 6)·σ + 1e-8)) of one group, σ the population std (float64).
     func questScale(_ g: ArraySlice<Float>) -> Float {

@@ -3,11 +3,11 @@ import XCTest
 
 // Shared helpers for the FP4Core tests. Nothing here calls the code under test to produce
 // an expected value: the reference tables and the reference rounding below are written
-// from spec §1 directly.
+// from numerics.md §1 directly.
 
 // MARK: - Spec §1 tables, written out by hand
 
-/// Magnitudes of codes 0..7 of the three FP4 formats (spec §1 table).
+/// Magnitudes of codes 0..7 of the three FP4 formats (numerics.md §1 table).
 enum SpecTable {
     static let e2m1: [Float] = [0, 0.5, 1, 1.5, 2, 3, 4, 6]
     static let e1m2: [Float] = [0, 0.5, 1, 1.5, 2, 2.5, 3, 3.5]

@@ -47,7 +47,7 @@ extern "C" {
 #define FP4SWIFT_NONFINITE_PROPAGATE 0
 #define FP4SWIFT_NONFINITE_RAISE 1
 
-/* A quantizer (spec §2): every field is an index into its name table. */
+/* A quantizer (numerics.md §2): every field is an index into its name table. */
 typedef struct fp4swift_quantizer {
     int32_t format;
     int32_t granularity;
@@ -162,7 +162,7 @@ typedef struct fp4swift_linear_recipe {
     int32_t wgrad_hadamard;    /* 0, or the block (power of two) of a random Hadamard transform of the
                                   dW GEMM's operands along T: dW = Q_g(dY^T H_b) Q_x(X^T H_b)^T */
     uint64_t wgrad_hadamard_seed; /* fixes the signs d of H_b = diag(d) H */
-    /* The backward GEMMs' own operands (FP8 backward under an FP4 forward, spec §7), each a
+    /* The backward GEMMs' own operands (FP8 backward under an FP4 forward, numerics.md §7), each a
      * FP4SWIFT_BACKWARD_* mode: W in dX = dY W, and X in dW = dY^T X (what forward saves). */
     int32_t backward_weight_mode;
     fp4swift_quantizer backward_weight;
