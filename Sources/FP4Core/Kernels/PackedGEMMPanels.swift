@@ -44,6 +44,18 @@ struct PanelShape {
     }
 }
 
+/// The scales of one panel row, group by group, `stride` apart (0 for a padding row past
+/// `rows`): the shared scale layout of A's tiles and B's strips ([G][mr] and [G][nr]).
+@inline(__always) func panelRowScales(_ src: UnsafePointer<Float>, _ layout: GroupLayout, row r: Int, rows: Int,
+                                      groups G: Int, groupLength gk: Int,
+                                      into dst: UnsafeMutablePointer<Float>, stride: Int) {
+    if r < rows {
+        groupScaleIndices(layout, row: r, groups: G, groupLength: gk) { g, index in dst[g * stride] = src[index] }
+    } else {
+        for g in 0..<G { dst[g * stride] = 0 }
+    }
+}
+
 /// Reads code (row, k) of a packed [rows, K] tensor.
 @inline(__always) func nibble(_ codes: UnsafePointer<UInt8>, _ flat: Int) -> Int {
     Int(codes[flat >> 1] >> UInt8((flat & 1) << 2)) & 0xF
@@ -87,13 +99,8 @@ final class PanelsA {
                         let panel = base + t * tileBytes
                         for i in 0..<mr {
                             let r = t * mr + i
-                            if r < rows {
-                                groupScaleIndices(layout, row: r, groups: G, groupLength: gk) { g, index in
-                                    scales[(t * G + g) * mr + i] = a.scales[index]
-                                }
-                            } else {
-                                for g in 0..<G { scales[(t * G + g) * mr + i] = 0 }
-                            }
+                            panelRowScales(a.scales, layout, row: r, rows: rows, groups: G, groupLength: gk,
+                                           into: scales + t * G * mr + i, stride: mr)
                             if r >= rows {
                                 for g in 0..<G { for q in 0..<Q { (panel + ((g * Q + q) * mr + i) * 4).update(repeating: UInt8(o), count: 4) } }
                             } else if aligned {
@@ -158,13 +165,8 @@ final class PanelsB {
                             let panel = base + s * stripBytes
                             for j in 0..<nr {
                                 let r = s * nr + j
-                                if r < rows {
-                                    groupScaleIndices(layout, row: r, groups: G, groupLength: gk) { g, index in
-                                        scales[(s * G + g) * nr + j] = b.scales[index]
-                                    }
-                                } else {
-                                    for g in 0..<G { scales[(s * G + g) * nr + j] = 0 }
-                                }
+                                panelRowScales(b.scales, layout, row: r, rows: rows, groups: G, groupLength: gk,
+                                               into: scales + s * G * nr + j, stride: nr)
                                 if r >= rows {
                                     for g in 0..<G {
                                         corr[(s * G + g) * nr + j] = 0
