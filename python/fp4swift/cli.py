@@ -335,10 +335,16 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--steps", type=int, help="optimizer steps per recipe (train: 200; fidelity: 100)")
     g.add_argument("--tokens", type=int, help="training tokens per recipe instead of --steps: "
                                               "steps = ceil(N / (batch-size·seq-len)); not with --steps")
-    g.add_argument("--lr", type=float, help="peak AdamW learning rate (default 2e-3: the best of 6e-4..3e-3 for "
-                                            "fp32 at the default size; linear warmup, cosine decay)")
+    g.add_argument("--lr", help="peak AdamW learning rate, or a comma-separated sweep such as 6e-4,1e-3,2e-3 "
+                                "(train: every recipe at every rate; the summary compares each recipe at its best "
+                                "rate and at fp32's); default 2e-3; linear warmup, cosine decay")
     g.add_argument("--warmup", type=int, help="warmup steps (default steps/20)")
     g.add_argument("--seed", type=int, help="seed of the initialization and the data order (default 0)")
+    g.add_argument("--seeds", type=int, help="train: each recipe from this many seeds (--seed, --seed+1, ...; "
+                                             "default 1); the summary gives mean, spread and intervals over them")
+    g.add_argument("--init", choices=("normal", "torch"),
+                   help="weight initialization: normal (default: N(0, 0.02), residual projections scaled by "
+                        "1/sqrt(2·layers)) or torch (PyTorch's nn.Linear / nn.Embedding defaults)")
     g.add_argument("--data", help="a text file or a directory of text files (read recursively) "
                                   "instead of the Python standard library's .py files")
     g.add_argument("--threads", type=int, help="CPU threads per recipe (default 1: robust when other processes "

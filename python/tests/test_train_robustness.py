@@ -287,7 +287,7 @@ def test_a_run_too_big_for_memory_is_refused_at_once(tmp_path, corpus, capsys):
     took = time.perf_counter() - t0
     assert rc == 2
     line = _one_error_line(cap)
-    assert "needs about" in line and "19,212,980,000 parameters x 3 recipes" in line and "available" in line
+    assert "needs about" in line and "19,212,980,000 parameters x 3 trials" in line and "available" in line
     assert took < 1.0
     assert not (tmp_path / "o").exists()
 

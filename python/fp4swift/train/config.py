@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Dict, List, Optional
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Dict, List, Optional, Union
 
 from .model import ARCHS, ModelConfig
+from .trials import Trial, all_trials, learning_rates, trial_dir
 
 DEFAULT_RECIPES = ("fp32", "fp4-direct", "wang2025")
 
@@ -37,7 +38,7 @@ class TrainConfig:
     tie_embeddings: bool = False
     batch_size: int = 16
     steps: int = 200
-    lr: float = 2e-3
+    lr: Union[float, List[float]] = 2e-3  # a list: a learning-rate sweep (each recipe at each rate)
     warmup: int = -1            # -1: steps // 20 (at least 1)
     min_lr_ratio: float = 0.1   # cosine decay to lr · min_lr_ratio
     weight_decay: float = 0.1
@@ -46,6 +47,8 @@ class TrainConfig:
     eval_batches: int = 4
     checkpoint_every: int = 50
     seed: int = 0
+    seeds: int = 1              # trials per recipe and rate: seeds seed, seed+1, ..., seed+seeds-1
+    init: str = "normal"        # ModelConfig.init
     data: Optional[str] = None  # None: the Python standard library's .py files
     tokens: Optional[int] = None  # the --tokens budget that set `steps` (None: --steps or the default)
     switch_at: Optional[float] = None  # target-precision schedule of every quantized recipe (None: off)
@@ -57,7 +60,36 @@ class TrainConfig:
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(arch=self.arch, d_model=self.d_model, layers=self.layers, heads=self.heads,
-                           seq_len=self.seq_len, mlp_hidden=self.mlp_hidden, tie_embeddings=self.tie_embeddings)
+                           seq_len=self.seq_len, mlp_hidden=self.mlp_hidden, tie_embeddings=self.tie_embeddings,
+                           init=self.init)
+
+    @property
+    def learning_rates(self) -> List[float]:
+        """The peak learning rates of the run: one, or the sweep in the order given."""
+        return learning_rates(self.lr)
+
+    @property
+    def seed_list(self) -> List[int]:
+        return [self.seed + i for i in range(self.seeds)]
+
+    def trials(self) -> List[Trial]:
+        """Every (recipe, learning rate, seed) this run trains, recipe-major."""
+        return all_trials(self.recipes, self.learning_rates, self.seed_list)
+
+    def trial_dir(self, t: Trial) -> str:
+        """A trial's folder under the run directory (trials.trial_dir)."""
+        return trial_dir(t, len(self.learning_rates), self.seeds)
+
+    def trial_label(self, t: Trial) -> str:
+        """How logs name a trial: the recipe, plus the rate and seed when they vary."""
+        extra = ([f"lr {t.lr:g}"] if len(self.learning_rates) > 1 else []) + \
+                ([f"seed {t.seed}"] if self.seeds > 1 else [])
+        return t.recipe + (f" ({', '.join(extra)})" if extra else "")
+
+    def for_trial(self, t: Trial) -> "TrainConfig":
+        """The configuration of one trial: this run with a single learning rate and seed (what
+        the optimizer, the schedule and the data order read)."""
+        return replace(self, recipes=[t.recipe], lr=t.lr, seed=t.seed, seeds=1)
 
     @property
     def warmup_steps(self) -> int:
@@ -68,8 +100,16 @@ class TrainConfig:
         for name in ("batch_size", "steps", "eval_every", "eval_batches", "checkpoint_every"):
             if getattr(self, name) <= 0:
                 raise RunError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise RunError(f"--lr must be a positive number, got {self.lr}")
+        rates = self.learning_rates
+        if not rates:
+            raise RunError("--lr is empty; give a learning rate or a comma-separated list of them")
+        for v in rates:
+            if not (v > 0 and math.isfinite(v)):
+                raise RunError(f"--lr must be positive numbers, got {v:g}")
+        if len(set(rates)) != len(rates):
+            raise RunError(f"--lr names a learning rate twice: {','.join(f'{v:g}' for v in rates)}")
+        if self.seeds < 1:
+            raise RunError(f"--seeds must be at least 1, got {self.seeds}")
         if self.warmup < -1:  # -1 is the stored default (steps // 20)
             raise RunError(f"--warmup must be 0 or more steps, got {self.warmup}")
         if self.mlp_hidden < 0:  # 0 is the default width
@@ -102,10 +142,23 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+def parse_learning_rates(text: str) -> Union[float, List[float]]:
+    """--lr: one rate ("2e-3") or a comma-separated sweep ("6e-4,1e-3,2e-3"); RunError on
+    anything else (validate() checks the values)."""
+    parts = [p.strip() for p in str(text).split(",")]
+    if not any(parts):
+        raise RunError("--lr is empty; give a learning rate or a comma-separated list of them")
+    try:
+        rates = [float(p) for p in parts if p]
+    except ValueError:
+        raise RunError(f"--lr takes numbers separated by commas, got {text!r}") from None
+    return rates[0] if len(rates) == 1 else rates
+
+
 #: Flags that define a run (stored in config.json; a resumed run must not change them).
 CONFIG_FLAGS = ("recipes", "arch", "d_model", "layers", "heads", "seq_len", "mlp_hidden", "tie_embeddings",
                 "batch_size", "steps", "lr", "warmup", "min_lr_ratio", "weight_decay", "grad_clip", "eval_every",
-                "eval_batches", "checkpoint_every", "seed", "data", "tokens", "switch_at", "switch_to")
+                "eval_batches", "checkpoint_every", "seed", "seeds", "init", "data", "tokens", "switch_at", "switch_to")
 
 
 def config_from_args(args: Any, base: Optional[TrainConfig] = None) -> TrainConfig:
@@ -123,6 +176,8 @@ def config_from_args(args: Any, base: Optional[TrainConfig] = None) -> TrainConf
             continue
         if k == "recipes" and isinstance(v, str):
             v = [s.strip() for s in v.split(",") if s.strip()]
+        if k == "lr" and isinstance(v, str):
+            v = parse_learning_rates(v)
         if k == "data":
             v = os.path.abspath(v)
         d[k] = v

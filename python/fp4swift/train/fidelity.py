@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .config import RunError, TrainConfig, config_from_args
+from .trials import Trial
 from .data import DataError, check_seq_len, load_corpus, val_batches
 from .model import build_model, count_parameters
 from .outputs import load_checkpoint
@@ -171,6 +172,12 @@ def fidelity_command(args: Any) -> int:
             cfg = config_from_args(args, TrainConfig(steps=100))
         cfg.recipes = ["fp32"]
         cfg.validate()
+        if not args.checkpoint and (len(cfg.learning_rates) > 1 or cfg.seeds > 1):
+            return err("fidelity trains one model: give one --lr and no --seeds")
+        # One model: the first trial (a checkpoint of a multi-trial run names its own rate and seed).
+        trial = ck.get("trial") if args.checkpoint else None
+        cfg = cfg.for_trial(Trial("fp32", float(trial["lr"]), int(trial["seed"])) if isinstance(trial, dict)
+                            else cfg.trials()[0])
         if args.batches <= 0:
             return err(f"--batches must be positive, got {args.batches}")
         try:

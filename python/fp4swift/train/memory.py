@@ -4,9 +4,9 @@ well under a second, with the numbers, instead of failing after minutes (or meet
 killer on a machine without swap).
 
 What the estimate counts (float32 everywhere):
-- the base model every recipe's copy is made from: 4 bytes per parameter;
-- per recipe (all recipes stay in memory; they train in turns): weights, gradients and AdamW's
-  two moments, 16 bytes per parameter;
+- the base model every recipe's copy is made from, one per seed: 4 bytes per parameter;
+- per trial (recipe x learning rate x seed; all trials stay in memory, they train in turns):
+  weights, gradients and AdamW's two moments, 16 bytes per parameter;
 - one training step's activations (one recipe steps at a time): per token and decoder block
   the tensors autograd keeps (norm outputs, q/k/v, rotary q/k, attention probabilities over the
   sequence, MLP hidden states, residuals), plus the logits and their gradient, and for FP4
@@ -44,15 +44,15 @@ def parameter_count(cfg: TrainConfig) -> int:
 @dataclass
 class MemoryEstimate:
     parameters: int
-    recipes: int
-    model_bytes: int        # base model + per recipe weights, gradients, AdamW state
+    trials: int             # recipes x learning rates x seeds
+    model_bytes: int        # base models + per trial weights, gradients, AdamW state
     activation_bytes: int   # one training step
     validation_bytes: int
     total_bytes: int
 
     def describe(self) -> str:
-        return (f"{gb(self.total_bytes)}: {self.parameters:,} parameters x {self.recipes} recipe"
-                f"{'s' if self.recipes != 1 else ''} (weights, gradients, AdamW state: {gb(self.model_bytes)}), "
+        return (f"{gb(self.total_bytes)}: {self.parameters:,} parameters x {self.trials} "
+                f"{'trial' if self.trials == 1 else 'trials'} (recipe x rate x seed; weights, gradients, AdamW state: {gb(self.model_bytes)}), "
                 f"activations of one step {gb(self.activation_bytes)}, validation batches "
                 f"{gb(self.validation_bytes)}")
 
@@ -64,8 +64,8 @@ def gb(n: float) -> str:
 def estimate(cfg: TrainConfig) -> MemoryEstimate:
     """The memory `fp4swift train` needs for cfg (see the module docstring)."""
     P = parameter_count(cfg)
-    R = len(cfg.recipes)
-    model = 4 * P * (1 + 4 * R)
+    R = len(cfg.trials())
+    model = 4 * P * (cfg.seeds + 4 * R)
     d, h, L, S, heads = cfg.d_model, cfg.model_config().hidden, cfg.layers, cfg.seq_len, cfg.heads
     tokens = cfg.batch_size * S
     per_token_block = 16 * d + 5 * h + 4 * heads * S
@@ -122,5 +122,5 @@ def check_memory(cfg: TrainConfig) -> MemoryEstimate:
     if avail is not None and est.total_bytes > HEADROOM * avail:
         raise RunError(f"this run needs about {est.describe()}; only {gb(avail)} of memory is available. "
                        f"Use a smaller --d-model, --layers, --batch-size, --seq-len or --eval-batches, "
-                       f"or fewer --recipes")
+                       f"or fewer --recipes, --lr rates or --seeds")
     return est

@@ -26,6 +26,8 @@ from torch import nn
 VOCAB_SIZE = 256  # byte-level tokens
 ARCHS = ("llama", "gpt2")
 ARCH_LABELS = {"llama": "LLaMA-style", "gpt2": "GPT-2-style"}
+#: Weight initializations (ModelConfig.init): see ModelConfig.
+INITS = ("normal", "torch")
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,10 @@ class ModelConfig:
     tie_embeddings: bool = False
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
+    #: "normal": N(0, 0.02) matrices, residual output projections scaled by 1/sqrt(2·layers)
+    #: (GPT-2 / LLaMA practice, the default); "torch": PyTorch's own module defaults
+    #: (nn.Linear kaiming-uniform, std 1/sqrt(3·fan_in); nn.Embedding N(0, 1)).
+    init: str = "normal"
 
     @property
     def hidden(self) -> int:
@@ -65,6 +71,8 @@ class ModelConfig:
         """Raises ValueError with a one-line message when the sizes do not fit together."""
         if self.arch not in ARCHS:
             raise ValueError(f"--arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+        if self.init not in INITS:
+            raise ValueError(f"--init must be one of {', '.join(INITS)}, got {self.init!r}")
         for name in ("d_model", "layers", "heads", "seq_len", "vocab_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
@@ -174,6 +182,8 @@ class LlamaLM(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
+        if self.cfg.init == "torch":
+            return
         # GPT-2/LLaMA-style: N(0, 0.02), residual output projections scaled by 1/sqrt(2·layers).
         std = 0.02
         for name, p in self.named_parameters():
@@ -263,6 +273,8 @@ class GPT2LM(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
+        if self.cfg.init == "torch":
+            return
         # GPT-2: N(0, 0.02) matrices and embeddings, zero biases, residual projections scaled by 1/sqrt(2·layers).
         std = 0.02
         for name, p in self.named_parameters():

@@ -3,7 +3,7 @@ the scaling-law fit of `fp4swift scaling-law`."""
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -84,10 +84,19 @@ def plot_scaling(path: str, fit: Any) -> Optional[str]:
     return _save(fig, path, plt)
 
 
-def plot_losses(path: str, curves: Dict[str, List[Dict[str, Any]]], title: str = "") -> Optional[str]:
+def _by_step(runs: List[List[Dict[str, Any]]], key: str) -> Tuple[np.ndarray, np.ndarray]:
+    """(steps, values[seed, step]) of `key` at the steps every seed has a finite value for."""
+    per = [{r["step"]: r[key] for r in rows if r.get(key) is not None and math.isfinite(r[key])} for rows in runs]
+    steps = sorted(set.intersection(*(set(p) for p in per))) if per else []
+    return np.asarray(steps), np.asarray([[p[s] for s in steps] for p in per], dtype=np.float64).reshape(len(per), -1)
+
+
+def plot_losses(path: str, curves: Dict[str, List[List[Dict[str, Any]]]], title: str = "") -> Optional[str]:
     """Writes a PNG (atomically) with the training loss (EMA-smoothed) and validation loss of
-    every recipe, plus the validation gap to fp32 when fp32 is present. Returns the path, or
-    None when matplotlib is missing."""
+    every recipe, plus the validation gap to fp32 when fp32 is present. `curves` maps a label to
+    the metrics rows of each of its seeds: the lines are means over seeds, and with several
+    seeds a band spans their minimum to maximum. Returns the path, or None when matplotlib is
+    missing."""
     plt = _pyplot()
     if plt is None:
         return None
@@ -95,32 +104,36 @@ def plot_losses(path: str, curves: Dict[str, List[Dict[str, Any]]], title: str =
     fig, axes = plt.subplots(1, 2 if have_ref else 1, figsize=(13 if have_ref else 7.5, 4.8), squeeze=False)
     ax = axes[0][0]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    ref_val = {}
-    if have_ref:
-        ref_val = {r["step"]: r["val_loss"] for r in curves["fp32"] if r.get("val_loss") is not None}
+    ref_steps, ref_vals = _by_step(curves["fp32"], "val_loss") if have_ref else (np.zeros(0), np.zeros((0, 0)))
     ymax = None
-    for i, (name, rows) in enumerate(curves.items()):
+    for i, (name, runs) in enumerate(curves.items()):
         c = colors[i % len(colors)]
+        n = len(runs)
         # A target-precision schedule: a dotted line where the recipe switched (first switched row).
-        switched = next((r["step"] for r in rows if r.get("switched")), None)
+        switched = next((r["step"] for r in (runs[0] if runs else []) if r.get("switched")), None)
         if switched is not None:
             ax.axvline(switched - 1, color=c, ls=":", lw=1.2, label=f"{name}: precision switch")
-        tr = [(r["step"], r["train_loss"]) for r in rows
-              if r.get("train_loss") is not None and math.isfinite(r["train_loss"])]
-        va = [(r["step"], r["val_loss"]) for r in rows if r.get("val_loss") is not None and math.isfinite(r["val_loss"])]
-        if tr:
-            s, v = zip(*tr)
-            ax.plot(s, _ema(list(v)), color=c, alpha=0.45, lw=1.0)
-        if va:
-            s, v = zip(*va)
-            ax.plot(s, v, color=c, lw=2.0, marker="o", ms=3, label=f"{name} (val {v[-1]:.3f})")
-            tail = max(v[len(v) // 3:]) if len(v) > 2 else max(v)
+        ts, tv = _by_step(runs, "train_loss")
+        vs, vv = _by_step(runs, "val_loss")
+        if len(ts):
+            ax.plot(ts, _ema(list(tv.mean(axis=0))), color=c, alpha=0.45, lw=1.0)
+        if len(vs):
+            mean = vv.mean(axis=0)
+            if n > 1:
+                ax.fill_between(vs, vv.min(axis=0), vv.max(axis=0), color=c, alpha=0.2, lw=0)
+            ax.plot(vs, mean, color=c, lw=2.0, marker="o", ms=3,
+                    label=f"{name} (val {mean[-1]:.3f}" + (f", mean of {n} seeds)" if n > 1 else ")"))
+            tail = float(vv[:, len(mean) // 3:].max()) if len(mean) > 2 else float(vv.max())
             ymax = tail if ymax is None else max(ymax, tail)
-        if have_ref and name != "fp32" and va:
-            g = [(s_, (v_ - ref_val[s_]) / ref_val[s_] * 100) for s_, v_ in va if s_ in ref_val and s_ > 0]
-            if g:
-                gs, gv = zip(*g)
-                axes[0][1].plot(gs, gv, color=c, lw=2.0, marker="o", ms=3, label=name)
+        if have_ref and name != "fp32" and len(vs) and len(ref_steps) and vv.shape[0] == ref_vals.shape[0]:
+            common = [k for k, s in enumerate(vs) if s > 0 and s in set(ref_steps.tolist())]
+            if common:
+                ri = [int(np.searchsorted(ref_steps, vs[k])) for k in common]
+                gaps = (vv[:, common] - ref_vals[:, ri]) / ref_vals[:, ri] * 100  # paired by seed
+                gs = vs[common]
+                if n > 1:
+                    axes[0][1].fill_between(gs, gaps.min(axis=0), gaps.max(axis=0), color=c, alpha=0.2, lw=0)
+                axes[0][1].plot(gs, gaps.mean(axis=0), color=c, lw=2.0, marker="o", ms=3, label=name)
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats per byte)")
     ax.set_title("validation (markers) and training loss (EMA, thin)")
@@ -134,7 +147,7 @@ def plot_losses(path: str, curves: Dict[str, List[Dict[str, Any]]], title: str =
         a2.axhline(0.0, color="k", lw=0.8)
         a2.set_xlabel("step")
         a2.set_ylabel("validation loss gap to fp32 (%)")
-        a2.set_title("gap to fp32")
+        a2.set_title("gap to fp32 (paired by seed; band: min to max)")
         a2.grid(alpha=0.3)
         if a2.lines[1:]:
             a2.legend()

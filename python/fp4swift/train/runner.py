@@ -9,26 +9,36 @@ pointing at the newest default run):
                                  sizes and SHA-256 (a resume with other data is refused)
     DIR/.lock                    held (flock) by the process training in DIR: a second train or
                                  --resume there is refused, naming it
-    DIR/<recipe>/metrics.csv     step, train_loss, val_loss, tokens_per_s, elapsed_s (rewritten at
+    DIR/<trial>/metrics.csv      step, train_loss, val_loss, tokens_per_s, elapsed_s (rewritten at
                                  every evaluation and checkpoint)
-    DIR/<recipe>/checkpoint.pt   model, optimizer, RNG, step, metrics so far (atomic writes)
+    DIR/<trial>/checkpoint.pt    model, optimizer, RNG, step, metrics so far (atomic writes)
+
+A trial is one recipe at one peak learning rate from one seed; <trial> is <recipe>, plus
+/lr<rate> when --lr lists several rates and /seed<k> when --seeds > 1 (trials.py).
     DIR/loss_curves.png          training and validation loss of every recipe
     DIR/run.json                 what a scaling-law fit needs: arch, parameter counts (total and
                                  non-embedding), tokens per step, and per recipe the steps and
                                  tokens trained and the final validation loss (rewritten at the
                                  start of every session and after every recipe)
-    DIR/summary.md, summary.csv  final validation loss, gap to fp32, tokens/s, relative cost,
-                                 parameters (total, non-embedding) and tokens trained
+    DIR/summary.md               the comparison (compare.py): per recipe the final validation loss
+                                 (mean ± std over seeds and each seed's), the gap to fp32 paired by
+                                 seed with a 95% interval, the verdict, tokens/s, relative cost; with
+                                 an --lr sweep, the sweep table and the comparison at each recipe's
+                                 best rate and at fp32's
+    DIR/summary.csv              one row per trial: final validation loss, gap to fp32 (same rate
+                                 and seed), tokens/s, relative cost, parameters, tokens trained
+    DIR/comparison.csv           one row per recipe and basis (best_lr, shared_lr): mean, std, min,
+                                 max over seeds, gap and its interval, verdict
 
 The length of a run is --steps or a token budget --tokens N (steps = ceil(N / (batch·seq_len));
 config.json then holds both the budget and the derived steps).
 
-The recipes take turns of INTERLEAVE_STEPS (10) steps, round-robin, in one process, so that a
+The trials take turns of INTERLEAVE_STEPS (10) steps, round-robin, in one process, so that a
 change of load on a shared machine hits every recipe alike and their tokens/s compare fairly;
-each recipe has its own model, optimizer and checkpoint, so its numbers do not depend on the
-turns. The batch of step s is a pure function of (seed, s), the learning rate a pure function of s,
-and nothing else draws random numbers, so a resumed run reproduces the uninterrupted one
-bit for bit.
+each trial has its own model, optimizer and checkpoint, so its numbers do not depend on the
+turns (a trial equals the one-seed, one-rate run with that --seed and --lr). The batch of step s
+is a pure function of (seed, s), the learning rate a pure function of s, and nothing else draws
+random numbers, so a resumed run reproduces the uninterrupted one bit for bit.
 """
 from __future__ import annotations
 
@@ -46,12 +56,13 @@ import torch
 from torch import nn
 
 from .config import CONFIG_FLAGS, Interrupted, RunError, TrainConfig, config_from_args
+from .trials import Trial
 from .data import Corpus, DataError, check_seq_len, load_corpus, val_batches
 from .files import atomic_write_text
 from .memory import check_memory
 from .model import build_model, count_parameters
 from .outputs import (CHECKPOINT_VERSION, RecipeResult, atomic_torch_save, load_checkpoint,
-                      metrics_csv, run_metadata, update_latest_link, write_summary)
+                      metrics_csv, run_metadata, update_latest_link, write_summary, comparison)
 from .recipes import check_layer_shapes, check_recipes, prepare_model, recipe_schedule, resolve_recipe
 from .rundir import (RunLock, WriteError, check_writable, create_default_dir, create_dir, remove_stale_temporaries,
                      writing)
@@ -123,10 +134,11 @@ class Runner:
         self.stop_after, self.log, self.point_latest = stop_after, log, point_latest
         self.stored_corpus = stored_corpus
         self.corpus: Optional[Corpus] = None
-        self.base: Optional[nn.Module] = None
+        self.base: Optional[nn.Module] = None   # the first seed's initialized model
+        self.bases: Dict[int, nn.Module] = {}
         self.lock: Optional[RunLock] = None
         self.stop: Optional[_StopFlag] = None
-        #: recipe -> step of its last checkpoint on disk (what a failed write leaves intact)
+        #: trial label -> step of its last checkpoint on disk (what a failed write leaves intact)
         self.checkpointed: Dict[str, int] = {}
 
     # -- setup: everything that can fail on bad input happens here, before any file is written
@@ -140,7 +152,7 @@ class Runner:
             holder = lock.holder()
             if holder is not None:
                 raise lock.in_use(holder)
-        check_writable(self.out or self.runs_root, cfg.recipes if self.out else ())
+        check_writable(self.out or self.runs_root, self.trial_dirs() if self.out else ())
         if self.resume:
             self._check_checkpoints()
         try:
@@ -149,25 +161,41 @@ class Runner:
         except DataError as e:
             raise RunError(str(e)) from None
         self._check_corpus()
-        self.base = build_model(cfg.model_config(), cfg.seed)
+        self.base = self.base_model(cfg.seed)
         for r in cfg.recipes:  # convert and run each layer shape now, so a recipe fails before training
             check_layer_shapes(prepare_model(self.base, r), r, cfg)
         if self.out is not None and not self.resume and os.path.exists(os.path.join(self.out, "config.json")):
             raise RunError(f"{self.out} already holds a run; continue it with --resume or choose another --out")
 
+    def trial_dirs(self) -> List[str]:
+        """Every trial's folder, relative to the run directory."""
+        return [self.cfg.trial_dir(t) for t in self.cfg.trials()]
+
+    def base_model(self, seed: int) -> nn.Module:
+        """The initialized model of a seed (built once; every recipe of that seed copies it)."""
+        if seed not in self.bases:
+            self.bases[seed] = build_model(self.cfg.model_config(), seed)
+        return self.bases[seed]
+
     def _check_checkpoints(self) -> None:
-        """On --resume: each recipe's checkpoint belongs to that recipe and this configuration
+        """On --resume: each trial's checkpoint belongs to that trial and this configuration
         (read with mmap, so the tensors are not loaded here)."""
         assert self.out is not None
-        for recipe in self.cfg.recipes:
-            path = os.path.join(self.out, recipe, "checkpoint.pt")
+        for t in self.cfg.trials():
+            path = os.path.join(self.out, self.cfg.trial_dir(t), "checkpoint.pt")
             if os.path.exists(path):
-                self._check_checkpoint(path, recipe, load_checkpoint(path, mmap=True))
+                self._check_checkpoint(path, t, load_checkpoint(path, mmap=True))
 
-    def _check_checkpoint(self, path: str, recipe: str, ck: Dict[str, Any]) -> None:
+    def _check_checkpoint(self, path: str, t: Trial, ck: Dict[str, Any]) -> None:
+        recipe = t.recipe
         if ck.get("recipe") != recipe:
             raise RunError(f"{path} is a checkpoint of recipe {ck.get('recipe')!r}, not {recipe!r}; "
                            f"put it back in its recipe's folder")
+        # Checkpoints written before runs had several trials name neither: they are the run's only one.
+        held = ck.get("trial") or {"lr": self.cfg.learning_rates[0], "seed": self.cfg.seed}
+        if (float(held.get("lr", math.nan)), held.get("seed")) != (t.lr, t.seed):
+            raise RunError(f"{path} is a checkpoint of {recipe} at lr {held.get('lr')} from seed {held.get('seed')}, "
+                           f"not lr {t.lr:g} from seed {t.seed}; put it back in its trial's folder")
         if TrainConfig.from_dict(ck.get("config") or {}).to_dict() != self.cfg.to_dict():
             raise RunError(f"{path} was written by a different configuration than {self.out}/config.json")
 
@@ -197,11 +225,11 @@ class Runner:
         self.lock = RunLock(self.out).acquire()
         if not self.resume and os.path.exists(os.path.join(self.out, "config.json")):
             raise RunError(f"{self.out} already holds a run; continue it with --resume or choose another --out")
-        gone = remove_stale_temporaries(self.out, self.cfg.recipes)
+        gone = remove_stale_temporaries(self.out, sorted(set(self.cfg.recipes) | set(self.trial_dirs())))
         if gone:
             self._say(f"removed {len(gone)} temporary file(s) an interrupted write left in {self.out}")
-        for recipe in self.cfg.recipes:
-            create_dir(os.path.join(self.out, recipe))
+        for d in self.trial_dirs():
+            create_dir(os.path.join(self.out, d))
 
     def close(self) -> None:
         """Releases the run directory's lock."""
@@ -242,33 +270,38 @@ class Runner:
         note = self.corpus.skipped_note()
         if note:
             print(f"fp4swift train: warning: {note}", file=sys.stderr)
+        rates, seeds = cfg.learning_rates, cfg.seed_list
         self.log(f"training: {cfg.steps} steps x {cfg.batch_size} x {cfg.seq_len} tokens "
-                 f"= {cfg.steps * cfg.batch_size * cfg.seq_len:,} tokens per recipe; AdamW lr {cfg.lr:g}, "
-                 f"warmup {cfg.warmup_steps}, cosine to {cfg.min_lr_ratio:g}x; seed {cfg.seed}; "
+                 f"= {cfg.steps * cfg.batch_size * cfg.seq_len:,} tokens per trial; AdamW lr "
+                 f"{','.join(f'{v:g}' for v in rates)}, warmup {cfg.warmup_steps}, cosine to {cfg.min_lr_ratio:g}x; "
+                 f"seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}"
+                 f"{'' if cfg.init == 'normal' else f'; init {cfg.init}'}; "
+                 f"{len(cfg.trials())} trial(s) (recipe x rate x seed); "
                  f"threads {self.threads} (fp32: {describe_threads(self.threads, False)}; FP4 recipes: "
                  f"{describe_threads(self.threads, True)})")
         self.log(f"output: {self.out}")
         vals = val_batches(self.corpus.val, cfg.eval_batches, cfg.batch_size, cfg.seq_len)
-        turns = {recipe: self._run_recipe(recipe, vals, stop, position=i) for i, recipe in enumerate(cfg.recipes)}
-        done: Dict[str, RecipeResult] = {}
+        trials = cfg.trials()
+        turns = {t: self._run_recipe(t, vals, stop, position=i) for i, t in enumerate(trials)}
+        done: Dict[Trial, RecipeResult] = {}
         try:
             while turns:
-                for recipe in list(turns):
+                for t in list(turns):
                     try:
-                        next(turns[recipe])
+                        next(turns[t])
                     except StopIteration as finished:
-                        done[recipe] = finished.value
-                        del turns[recipe]
-                        self.write_run_json([done[r] for r in cfg.recipes if r in done])
+                        done[t] = finished.value
+                        del turns[t]
+                        self.write_run_json([done[x] for x in trials if x in done])
         except Interrupted:
-            # every recipe still in progress writes its checkpoint too (at its next turn's start)
-            for recipe in list(turns):
+            # every trial still in progress writes its checkpoint too (at its next turn's start)
+            for t in list(turns):
                 try:
-                    next(turns.pop(recipe))
+                    next(turns.pop(t))
                 except (Interrupted, StopIteration):
                     pass
             raise
-        return [done[r] for r in cfg.recipes]
+        return [done[t] for t in trials]
 
     def write_run_json(self, results: List["RecipeResult"]) -> None:
         """DIR/run.json (see the module docstring) from the recipes finished so far."""
@@ -289,7 +322,7 @@ class Runner:
         """The recipe's checkpoint.pt and metrics.csv as of its current step."""
         with writing(run.ckpt_path):
             self._save_checkpoint(run, done, diverged_at)
-        self.checkpointed[run.recipe] = run.step
+        self.checkpointed[run.label] = run.step
         self._write_metrics(run)
 
     def _write_metrics(self, run: "_RecipeRun") -> None:
@@ -301,8 +334,9 @@ class Runner:
         atomic_torch_save({
             "version": CHECKPOINT_VERSION,
             "recipe": run.recipe,
+            "trial": {"lr": run.cfg.lr, "seed": run.cfg.seed},
             "step": run.step,             # completed updates; the next batch is train_batch(seed, step)
-            "data_position": {"seed": self.cfg.seed, "next_step": run.step},
+            "data_position": {"seed": run.cfg.seed, "next_step": run.step},
             "model": run.model.state_dict(),
             "optimizer": run.opt.state_dict(),
             "torch_rng": torch.get_rng_state(),
@@ -316,14 +350,15 @@ class Runner:
             "threads": self.threads,
         }, run.ckpt_path)
 
-    def _open_recipe(self, recipe: str) -> "_RecipeRun":
-        """A recipe's model (converted copy of the base), optimizer and schedule, restored from its
-        checkpoint when resuming."""
+    def _open_recipe(self, t: Trial) -> "_RecipeRun":
+        """A trial's model (converted copy of its seed's base), optimizer and schedule, restored
+        from its checkpoint when resuming."""
         assert self.base is not None and self.out is not None
-        cfg = self.cfg
-        rdir = os.path.join(self.out, recipe)
+        cfg = self.cfg.for_trial(t)
+        recipe, label = t.recipe, self.cfg.trial_label(t)
+        rdir = os.path.join(self.out, self.cfg.trial_dir(t))
         create_dir(rdir)
-        model = prepare_model(self.base, recipe)
+        model = prepare_model(self.base_model(t.seed), recipe)
         fp4 = resolve_recipe(recipe) is not None
         configure_threads(self.threads, fp4=fp4)
         schedule, switch = None, None
@@ -334,21 +369,21 @@ class Runner:
             schedule = f4t.PrecisionSchedule(model, total_steps=cfg.steps, switch_at=plan[0], target=plan[1])
             switch = (schedule.switch_step, plan[1])
         model.train()
-        run = _RecipeRun(recipe, os.path.join(rdir, "checkpoint.pt"), model, make_optimizer(model, cfg), fp4,
-                         plan, schedule, switch)
+        run = _RecipeRun(recipe, label, cfg, os.path.join(rdir, "checkpoint.pt"), model, make_optimizer(model, cfg),
+                         fp4, plan, schedule, switch)
         if self.resume and os.path.exists(run.ckpt_path):
             ck = load_checkpoint(run.ckpt_path)
-            self._check_checkpoint(run.ckpt_path, recipe, ck)
+            self._check_checkpoint(run.ckpt_path, t, ck)
             model.load_state_dict(ck["model"])
             run.opt.load_state_dict(ck["optimizer"])
             torch.set_rng_state(ck["torch_rng"])
             run.step, run.rows, run.train_time, run.wall = ck["step"], list(ck["rows"]), ck["train_time"], ck["wall"]
             run.diverged_at, run.done = ck["diverged_at"], ck["done"]
-            self.checkpointed[recipe] = run.step
+            self.checkpointed[label] = run.step
             if not run.done:
-                self.log(f"[{recipe}] resuming at step {run.step} of {cfg.steps}")
+                self.log(f"[{label}] resuming at step {run.step} of {cfg.steps}")
                 if ck.get("threads") not in (None, self.threads):
-                    self.log(f"[{recipe}] note: the run used {ck['threads']} threads, this session {self.threads}; "
+                    self.log(f"[{label}] note: the run used {ck['threads']} threads, this session {self.threads}; "
                              f"BLAS results can differ in the last bits with the thread count (--threads)")
         return run
 
@@ -356,10 +391,10 @@ class Runner:
         """One update of the recipe (with its schedule's switch and, when due, an evaluation):
         appends and returns its metrics row; sets run.diverged_at on a non-finite loss."""
         assert self.corpus is not None
-        cfg = self.cfg
+        cfg = run.cfg
         t_wall = time.perf_counter()
         if run.schedule is not None and run.schedule.step(run.step):
-            self._say(f"[{run.recipe}] step {run.step}: switched every quantized layer to {run.plan[1]} "
+            self._say(f"[{run.label}] step {run.step}: switched every quantized layer to {run.plan[1]} "
                       f"(target-precision schedule, switch_at {run.plan[0]:g})")
         loss_v, dt = train_step(run.model, run.opt, cfg, self.corpus.train, run.step)
         run.step += 1
@@ -369,7 +404,7 @@ class Runner:
                                "switched": None if run.schedule is None else int(run.schedule.switched)}
         if not math.isfinite(loss_v):
             run.diverged_at = run.step
-            self._say(f"[{run.recipe}] training loss is not finite at step {run.step}: diverged; stopping this recipe")
+            self._say(f"[{run.label}] training loss is not finite at step {run.step}: diverged; stopping this recipe")
         if run.step % cfg.eval_every == 0 or run.step == cfg.steps or run.diverged_at is not None:
             row["val_loss"] = evaluate(run.model, vals) if run.diverged_at is None else float("nan")
         run.wall += time.perf_counter() - t_wall
@@ -379,15 +414,16 @@ class Runner:
             self._write_metrics(run)
         return row
 
-    def _run_recipe(self, recipe: str, vals: List[Tuple[np.ndarray, np.ndarray]], stop: _StopFlag,
+    def _run_recipe(self, t: Trial, vals: List[Tuple[np.ndarray, np.ndarray]], stop: _StopFlag,
                     position: int = 0) -> Iterator[None]:
-        """Trains one recipe, yielding after every INTERLEAVE_STEPS steps so that the caller can
-        give the other recipes their turns; returns (StopIteration.value) its RecipeResult."""
+        """Trains one trial, yielding after every INTERLEAVE_STEPS steps so that the caller can
+        give the other trials their turns; returns (StopIteration.value) its RecipeResult."""
         cfg = self.cfg
-        run = self._open_recipe(recipe)
+        run = self._open_recipe(t)
+        recipe = run.label  # what logs and messages name
         if run.done:
             self.log(f"[{recipe}] already finished ({run.step} steps); skipped")
-            return run.result(cfg.tokens_per_step)
+            return run.result()
         if stop.requested:
             self._checkpoint(run, False)
             raise Interrupted(f"stopped before {recipe} step {run.step + 1}")
@@ -437,7 +473,7 @@ class Runner:
         finally:
             if bar is not None:
                 bar.close()
-        return run.result(cfg.tokens_per_step)
+        return run.result()
 
 
 @dataclass
@@ -446,6 +482,8 @@ class _RecipeRun:
     checkpoint holds."""
 
     recipe: str
+    label: str                                # the recipe, plus its rate and seed when the run varies them
+    cfg: TrainConfig                          # this trial's configuration (one rate, one seed)
     ckpt_path: str
     model: nn.Module
     opt: torch.optim.Optimizer
@@ -460,9 +498,9 @@ class _RecipeRun:
     diverged_at: Optional[int] = None
     done: bool = False
 
-    def result(self, tokens_per_step: int) -> RecipeResult:
-        return RecipeResult(self.recipe, self.rows, self.train_time, self.step * tokens_per_step, self.diverged_at,
-                            self.switch)
+    def result(self) -> RecipeResult:
+        return RecipeResult(self.recipe, self.rows, self.train_time, self.step * self.cfg.tokens_per_step,
+                            self.diverged_at, self.switch, lr=float(self.cfg.lr), seed=self.cfg.seed)
 
 
 def _is_terminal(stream: Any) -> bool:
@@ -565,7 +603,13 @@ def _train(runner: "Runner", cfg: TrainConfig, args: Any, t_start: float) -> int
     from .plots import plot_losses
 
     with writing(os.path.join(out, "loss_curves.png")):
-        png = plot_losses(os.path.join(out, "loss_curves.png"), {r.recipe: r.rows for r in results},
+        cmp = comparison(results, cfg)  # each recipe at its best learning rate, every seed
+        curves = {}
+        for recipe in cfg.recipes:
+            lr = cmp.best_lr(recipe) or cfg.learning_rates[0]
+            curves[recipe + (f" (lr {lr:g})" if len(cfg.learning_rates) > 1 and recipe != "fp32" else "")] = \
+                [r.rows for r in results if r.recipe == recipe and r.lr == lr]
+        png = plot_losses(os.path.join(out, "loss_curves.png"), curves,
                           title=f"{n_params:,}-parameter {cfg.model_config().label} model, {cfg.steps} steps, "
                                 f"byte-level")
     wall = time.perf_counter() - t_start
@@ -576,7 +620,9 @@ def _train(runner: "Runner", cfg: TrainConfig, args: Any, t_start: float) -> int
     print()
     print(f"wrote {out}/summary.md, summary.csv, "
           f"{'loss_curves.png, ' if png else '(no plot: matplotlib missing), '}"
-          f"run.json, <recipe>/metrics.csv and checkpoint.pt; wall time {wall:.1f} s")
+          f"comparison.csv, run.json, "
+          f"{'<recipe>/' if len(cfg.trials()) == len(cfg.recipes) else '<recipe>/[lr<rate>/][seed<k>/]'}"
+          f"metrics.csv and checkpoint.pt; wall time {wall:.1f} s")
     diverged = [r for r in results if r.diverged_at is not None]
     if results and len(diverged) == len(results):
         print("fp4swift train: error: every recipe diverged ("

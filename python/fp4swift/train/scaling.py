@@ -38,7 +38,9 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .compare import Comparison
 from .files import atomic_write_text
+from .trials import all_trials, learning_rates, trial_dir
 from .plots import plot_scaling
 
 LAW = "L(N, D) = (A/(N*effN)^alpha + B/(D*effD)^beta)^gamma + E"
@@ -158,34 +160,52 @@ def _non_embedding_params(run: str, cfg: Dict[str, Any]) -> Tuple[int, str]:
 
 
 def read_run(run: str) -> Tuple[List[Point], List[str]]:
-    """The points of one run directory and a note for every recipe left out."""
+    """The points of one run directory and a note for every recipe left out. A run with several
+    seeds gives one point per seed; a learning-rate sweep gives each recipe's points at its best
+    rate (lowest mean final loss over seeds; compare.py) and notes the choice."""
     cfg = _read_json(os.path.join(run, "config.json"))
     try:
         steps, batch, seq = int(cfg["steps"]), int(cfg["batch_size"]), int(cfg["seq_len"])
         recipes = [str(r) for r in cfg["recipes"]]
+        rates = learning_rates(cfg.get("lr", 2e-3))
+        seeds = [int(cfg.get("seed", 0)) + i for i in range(int(cfg.get("seeds", 1)))]
     except (KeyError, TypeError, ValueError) as e:
         raise ScalingError(f"{run}/config.json is not an fp4swift train configuration (missing or bad {e})") from None
     arch = str(cfg.get("arch", "llama"))
     points: List[Point] = []
     notes: List[str] = []
     n: Optional[int] = None
-    for recipe in recipes:
-        path = os.path.join(run, recipe, "metrics.csv")
+    finals: Dict[Tuple[str, float, int], float] = {}
+    for t in all_trials(recipes, rates, seeds):
+        rel = trial_dir(t, len(rates), len(seeds))
+        path = os.path.join(run, rel, "metrics.csv")
         if not os.path.isfile(path):
-            notes.append(f"{run}: {recipe} not started (no metrics.csv)")
+            notes.append(f"{run}: {rel} not started (no metrics.csv)")
             continue
         step, val = _last_metrics(path)
         if step < steps:
-            notes.append(f"{run}: {recipe} unfinished (step {step} of {steps})")
+            notes.append(f"{run}: {rel} unfinished (step {step} of {steps})")
             continue
         if val is None or not math.isfinite(val) or val <= 0:
-            notes.append(f"{run}: {recipe} has no finite final validation loss (diverged, or not evaluated "
+            notes.append(f"{run}: {rel} has no finite final validation loss (diverged, or not evaluated "
                          f"at the last step)")
             continue
-        if n is None:
-            n = _non_embedding_params(run, cfg)[0]
-        points.append(Point(recipe=recipe, n=float(n), d=float(step * batch * seq), loss=float(val), run=run,
-                            arch=arch))
+        finals[(t.recipe, t.lr, t.seed)] = float(val)
+    cmp = Comparison(recipes, rates, seeds, finals)
+    for recipe in recipes:
+        best = cmp.best_lr(recipe) if len(rates) > 1 else rates[0]
+        if best is None:
+            continue
+        if len(rates) > 1:
+            notes.append(f"{run}: {recipe} at its best learning rate {best:g} of {','.join(f'{v:g}' for v in rates)}")
+        for seed in seeds:
+            val = finals.get((recipe, best, seed))
+            if val is None:
+                continue
+            if n is None:
+                n = _non_embedding_params(run, cfg)[0]
+            points.append(Point(recipe=recipe, n=float(n), d=float(steps * batch * seq), loss=val, run=run,
+                                arch=arch))
     return points, notes
 
 
