@@ -231,15 +231,22 @@ def build_parser() -> argparse.ArgumentParser:
                                    "from the same initialization and data order (the recipes take turns of 10 steps, so "
                                    "that a shared machine's load changes hit all of them alike and tokens/s compare), "
                                    "then prints and saves a summary "
-                                   "table and a loss-curve plot. Output: DIR/config.json, DIR/run.json (parameter "
-                                   "counts and tokens trained, for `fp4swift scaling-law`), DIR/<recipe>/metrics.csv "
-                                   "and checkpoint.pt, DIR/loss_curves.png, DIR/summary.md and summary.csv. Ctrl-C "
+                                   "table and a loss-curve plot; with --seeds and an --lr list, every recipe at "
+                                   "every rate from every seed (a trial each), compared seed by seed with intervals. "
+                                   "Output: DIR/config.json, DIR/run.json (parameter "
+                                   "counts and tokens trained, for `fp4swift scaling-law`), DIR/<trial>/metrics.csv "
+                                   "and checkpoint.pt (<trial> = <recipe>[/lr<rate>][/seed<k>]), DIR/loss_curves.png, "
+                                   "DIR/summary.md, summary.csv and comparison.csv. Ctrl-C "
                                    "writes a checkpoint; --resume continues exactly where the run stopped.")
     t.add_argument("--recipes", help="comma-separated recipes (default fp32,fp4-direct,wang2025); fp32 = the "
                                      "unconverted model; ablations override recipe fields: wang2025:dge=off, "
                                      "wang2025:alpha=0.97, wang2025:occ=off, wang2025:granularity=tensor; other scale "
                                      "rules and r-bit stochastic rounding: mxfp4:scale_rule=e8m0_rceil, "
                                      "nvfp4:scale_rule=nvfp4_torchao:stochastic_bits=8")
+    t.add_argument("--study", help="the recipes of one of the papers' ablations instead of --recipes: "
+                                   "wang2025-ablation (DGE, OCC, compensation, alpha), wang2025-formats (e1m2, e2m1, "
+                                   "e3m0), block-recipes (mxfp4, nvfp4, quartet, zhou2025 with and without its "
+                                   "schedule), dge (wang2025 with and without DGE); docs/experiments.md")
     _model_args(t)
     t.add_argument("--switch-at", type=float,
                    help="target-precision schedule (Zhou et al.): at this fraction of the steps (e.g. 0.9) switch "
@@ -270,6 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
     fi.add_argument("--per-layer", action="store_true", help="also print the SNR of every layer")
     fi.add_argument("--no-progress", action="store_true", help="no progress bar")
     fi.set_defaults(func=_cmd_fidelity)
+    gs = sub.add_parser("grid-stats", help="where a training run's weights sit on the FP4 grid, how far they "
+                                           "moved and AdamW's last step size, per trial (the DGE study)")
+    gs.add_argument("run", help="a `fp4swift train` output directory")
+    gs.add_argument("--json", help="also write the table to this JSON file")
+    gs.set_defaults(func=_cmd_grid_stats)
 
     s = sub.add_parser("scaling-law", help="fit L(N, D) = (A/(N·effN)^α + B/(D·effD)^β)^γ + E to finished runs",
                        description="Reads finished `fp4swift train` runs (each RUNS_DIR is a run directory holding "
@@ -380,6 +392,14 @@ def _cmd_fidelity(args: argparse.Namespace) -> int:
     from .train.fidelity import fidelity_command
 
     return fidelity_command(args)
+
+
+def _cmd_grid_stats(args: argparse.Namespace) -> int:
+    if not _needs_torch("grid-stats"):
+        return 2
+    from .train.gridstats import grid_stats_command
+
+    return grid_stats_command(args)
 
 
 def _cmd_scaling_law(args: argparse.Namespace) -> int:

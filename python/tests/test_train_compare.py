@@ -182,6 +182,8 @@ def test_a_checkpoint_in_another_trials_folder_is_refused_on_resume(tmp_path, co
     (["--lr", "1e-3,abc"], "--lr takes numbers separated by commas, got '1e-3,abc'"),
     (["--lr", "1e-3,-1"], "--lr must be positive numbers, got -1"),
     (["--lr", "nan"], "--lr must be positive numbers, got nan"),
+    (["--study", "nope"], "--study must be one of wang2025-ablation"),
+    (["--study", "dge", "--recipes", "fp32"], "give either --study or --recipes, not both"),
 ])
 def test_bad_seeds_and_learning_rates_give_one_line(tmp_path, corpus, capsys, flags, expected):
     rc, cap = _train(TINY + ["--steps", "5", "--data", corpus, "--out", str(tmp_path / "x")] + flags, capsys)
@@ -189,3 +191,18 @@ def test_bad_seeds_and_learning_rates_give_one_line(tmp_path, corpus, capsys, fl
     lines = cap.err.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], cap.err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("study", ["wang2025-ablation", "wang2025-formats", "block-recipes", "dge"])
+def test_every_study_names_valid_recipes(study):
+    from fp4swift.train.config import STUDIES, config_from_args
+    from fp4swift.train.recipes import check_recipes
+
+    class Args:
+        pass
+
+    a = Args()
+    a.study = study
+    cfg = config_from_args(a)
+    assert cfg.recipes == list(STUDIES[study]) and cfg.recipes[0] == "fp32"
+    check_recipes(cfg.recipes, cfg)  # raises RunError on an unknown recipe or field

@@ -5,12 +5,25 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from .model import ARCHS, ModelConfig
 from .trials import Trial, all_trials, learning_rates, trial_dir
 
 DEFAULT_RECIPES = ("fp32", "fp4-direct", "wang2025")
+
+#: `--study NAME`: the recipe lists of the papers' ablations (docs/experiments.md has their tables).
+STUDIES: Dict[str, Tuple[str, ...]] = {
+    # Wang et al. Fig. 5-6: each component of the recipe switched off, and the clamping quantile.
+    "wang2025-ablation": ("fp32", "fp4-direct", "wang2025", "wang2025:dge=off", "wang2025:occ=off",
+                          "wang2025:compensate=off", "wang2025:alpha=0.999", "wang2025:alpha=0.97"),
+    # Wang et al. Table 3: the three FP4 element formats under the same recipe.
+    "wang2025-formats": ("fp32", "wang2025:fmt=e1m2", "wang2025", "wang2025:fmt=e3m0"),
+    # The block-scaled recipes (MXFP4, NVFP4, Quartet) and Zhou et al. with and without its schedule.
+    "block-recipes": ("fp32", "mxfp4", "nvfp4", "quartet", "zhou2025", "zhou2025:switch_at=0.9"),
+    # What DGE does (docs/experiments.md): the recipe with and without it.
+    "dge": ("fp32", "wang2025", "wang2025:dge=off"),
+}
 
 
 class RunError(Exception):
@@ -169,7 +182,15 @@ def config_from_args(args: Any, base: Optional[TrainConfig] = None) -> TrainConf
     a RunError."""
     if getattr(args, "tokens", None) is not None and getattr(args, "steps", None) is not None:
         raise RunError("give either --steps or --tokens, not both")
+    study = getattr(args, "study", None)
+    if study is not None:
+        if getattr(args, "recipes", None) is not None:
+            raise RunError("give either --study or --recipes, not both")
+        if study not in STUDIES:
+            raise RunError(f"--study must be one of {', '.join(STUDIES)}, got {study!r}")
     d = (base or TrainConfig()).to_dict()
+    if study is not None:
+        d["recipes"] = list(STUDIES[study])
     for k in CONFIG_FLAGS:
         v = getattr(args, k, None)
         if v is None:
