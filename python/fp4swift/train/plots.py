@@ -91,20 +91,21 @@ def _by_step(runs: List[List[Dict[str, Any]]], key: str) -> Tuple[np.ndarray, np
     return np.asarray(steps), np.asarray([[p[s] for s in steps] for p in per], dtype=np.float64).reshape(len(per), -1)
 
 
-def plot_losses(path: str, curves: Dict[str, List[List[Dict[str, Any]]]], title: str = "") -> Optional[str]:
+def plot_losses(path: str, curves: Dict[str, List[List[Dict[str, Any]]]], title: str = "",
+                reference: Optional[str] = "fp32") -> Optional[str]:
     """Writes a PNG (atomically) with the training loss (EMA-smoothed) and validation loss of
-    every recipe, plus the validation gap to fp32 when fp32 is present. `curves` maps a label to
+    every recipe, plus the validation gap to the `reference` curve when present. `curves` maps a label to
     the metrics rows of each of its seeds: the lines are means over seeds, and with several
     seeds a band spans their minimum to maximum. Returns the path, or None when matplotlib is
     missing."""
     plt = _pyplot()
     if plt is None:
         return None
-    have_ref = "fp32" in curves
+    have_ref = reference is not None and reference in curves
     fig, axes = plt.subplots(1, 2 if have_ref else 1, figsize=(13 if have_ref else 7.5, 4.8), squeeze=False)
     ax = axes[0][0]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    ref_steps, ref_vals = _by_step(curves["fp32"], "val_loss") if have_ref else (np.zeros(0), np.zeros((0, 0)))
+    ref_steps, ref_vals = _by_step(curves[reference], "val_loss") if have_ref else (np.zeros(0), np.zeros((0, 0)))
     ymax = None
     for i, (name, runs) in enumerate(curves.items()):
         c = colors[i % len(colors)]
@@ -125,7 +126,7 @@ def plot_losses(path: str, curves: Dict[str, List[List[Dict[str, Any]]]], title:
                     label=f"{name} (val {mean[-1]:.3f}" + (f", mean of {n} seeds)" if n > 1 else ")"))
             tail = float(vv[:, len(mean) // 3:].max()) if len(mean) > 2 else float(vv.max())
             ymax = tail if ymax is None else max(ymax, tail)
-        if have_ref and name != "fp32" and len(vs) and len(ref_steps) and vv.shape[0] == ref_vals.shape[0]:
+        if have_ref and name != reference and len(vs) and len(ref_steps) and vv.shape[0] == ref_vals.shape[0]:
             common = [k for k, s in enumerate(vs) if s > 0 and s in set(ref_steps.tolist())]
             if common:
                 ri = [int(np.searchsorted(ref_steps, vs[k])) for k in common]
@@ -146,8 +147,8 @@ def plot_losses(path: str, curves: Dict[str, List[List[Dict[str, Any]]]], title:
         a2 = axes[0][1]
         a2.axhline(0.0, color="k", lw=0.8)
         a2.set_xlabel("step")
-        a2.set_ylabel("validation loss gap to fp32 (%)")
-        a2.set_title("gap to fp32 (paired by seed; band: min to max)")
+        a2.set_ylabel(f"validation loss gap to {reference} (%)")
+        a2.set_title(f"gap to {reference} (paired by seed; band: min to max)")
         a2.grid(alpha=0.3)
         if a2.lines[1:]:
             a2.legend()

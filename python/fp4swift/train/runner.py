@@ -604,13 +604,15 @@ def _train(runner: "Runner", cfg: TrainConfig, args: Any, t_start: float) -> int
 
     with writing(os.path.join(out, "loss_curves.png")):
         cmp = comparison(results, cfg)  # each recipe at its best learning rate, every seed
-        curves = {}
+        curves, ref_label = {}, None
         for recipe in cfg.recipes:
             lr = cmp.best_lr(recipe) or cfg.learning_rates[0]
-            curves[recipe + (f" (lr {lr:g})" if len(cfg.learning_rates) > 1 and recipe != "fp32" else "")] = \
-                [r.rows for r in results if r.recipe == recipe and r.lr == lr]
-        png = plot_losses(os.path.join(out, "loss_curves.png"), curves,
-                          title=f"{n_params:,}-parameter {cfg.model_config().label} model, {cfg.steps} steps, "
+            label = recipe + (f" (lr {lr:g})" if len(cfg.learning_rates) > 1 else "")
+            curves[label] = [r.rows for r in results if r.recipe == recipe and r.lr == lr]
+            ref_label = label if recipe == "fp32" else ref_label
+        seeds = f", {cfg.seeds} seeds" if cfg.seeds > 1 else ""
+        png = plot_losses(os.path.join(out, "loss_curves.png"), curves, reference=ref_label,
+                          title=f"{n_params:,}-parameter {cfg.model_config().label} model, {cfg.steps} steps{seeds}, "
                                 f"byte-level")
     wall = time.perf_counter() - t_start
     with writing(os.path.join(out, "summary.md")):
