@@ -5,9 +5,11 @@
     fp4swift train [--arch llama|gpt2] [--recipes fp32,fp4-direct,wang2025] [--steps N | --tokens N]
                    [--out DIR] [--resume]              train a small LLaMA- or GPT-2-style model under each recipe
     fp4swift fidelity [--steps N | --checkpoint PATH]    Wang et al. Table 1 on the model's activations
+    fp4swift compare RUN...                              the train comparison over separately run seeds
+    fp4swift grid-stats RUN                              trained weights on the FP4 grid (the DGE study)
     fp4swift scaling-law RUNS_DIR... [--out DIR]         fit L(N, D) to finished runs; effN, effD per recipe
 
-`train` and `fidelity` need PyTorch (pip install -e .[torch]); `scaling-law` needs scipy;
+`train`, `fidelity`, `compare` and `grid-stats` need PyTorch (pip install -e .[torch]); `scaling-law` needs scipy;
 `formats` needs neither.
 """
 from __future__ import annotations
@@ -277,6 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     fi.add_argument("--per-layer", action="store_true", help="also print the SNR of every layer")
     fi.add_argument("--no-progress", action="store_true", help="no progress bar")
     fi.set_defaults(func=_cmd_fidelity)
+    cp = sub.add_parser("compare", help="the comparison of `train --seeds/--lr` over trials that ran as separate "
+                                        "runs (e.g. one seed per process)")
+    cp.add_argument("runs", nargs="+", help="`fp4swift train` output directories")
+    cp.set_defaults(func=_cmd_compare)
     gs = sub.add_parser("grid-stats", help="where a training run's weights sit on the FP4 grid, how far they "
                                            "moved and AdamW's last step size, per trial (the DGE study)")
     gs.add_argument("run", help="a `fp4swift train` output directory")
@@ -392,6 +398,14 @@ def _cmd_fidelity(args: argparse.Namespace) -> int:
     from .train.fidelity import fidelity_command
 
     return fidelity_command(args)
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    if not _needs_torch("compare"):
+        return 2
+    from .train.collect import compare_command
+
+    return compare_command(args)
 
 
 def _cmd_grid_stats(args: argparse.Namespace) -> int:

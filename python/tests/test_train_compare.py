@@ -206,3 +206,23 @@ def test_every_study_names_valid_recipes(study):
     cfg = config_from_args(a)
     assert cfg.recipes == list(STUDIES[study]) and cfg.recipes[0] == "fp32"
     check_recipes(cfg.recipes, cfg)  # raises RunError on an unknown recipe or field
+
+
+def test_compare_reads_separate_one_seed_runs_as_one_multi_seed_run(tmp_path, corpus, capsys):
+    common = TINY + ["--recipes", "fp32,fp4-direct", "--steps", "10", "--data", corpus]
+    assert _train(common + ["--seeds", "2", "--out", str(tmp_path / "both")], capsys)[0] == 0
+    assert _train(common + ["--seed", "0", "--out", str(tmp_path / "s0")], capsys)[0] == 0
+    assert _train(common + ["--seed", "1", "--out", str(tmp_path / "s1")], capsys)[0] == 0
+    assert cli.main(["compare", str(tmp_path / "s1"), str(tmp_path / "s0")]) == 0
+    merged = capsys.readouterr().out
+    table = [ln for ln in (tmp_path / "both" / "summary.md").read_text().splitlines() if ln.startswith("| fp4-direct")]
+    # the same losses, per-seed values, gap, interval and verdict (tokens/s are timings: cut them off)
+    assert table and table[0].split("|")[1:7] == \
+        next(ln for ln in merged.splitlines() if ln.startswith("| fp4-direct")).split("|")[1:7]
+    # a trial in two runs, and runs whose models differ, are refused with one line
+    assert cli.main(["compare", str(tmp_path / "s0"), str(tmp_path / "both")]) == 2
+    assert "fp32 at lr 0.002 from seed 0 is in both" in capsys.readouterr().err
+    assert _train(common + ["--seed", "2", "--steps", "12", "--out", str(tmp_path / "other")], capsys)[0] == 0
+    assert cli.main(["compare", str(tmp_path / "s0"), str(tmp_path / "other")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "differ in --steps" in err[0]

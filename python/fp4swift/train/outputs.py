@@ -134,14 +134,16 @@ class RecipeResult:
         return s + (f"; {self.switch[1]} from step {self.switch[0]}" if self.switch else "")
 
 
-def comparison(results: Sequence[RecipeResult], cfg: TrainConfig) -> Comparison:
-    """The final validation losses of every trial (unfinished or diverged: nan), for compare.py."""
+def comparison(results: Sequence[RecipeResult], cfg: TrainConfig,
+               seeds: Optional[Sequence[int]] = None) -> Comparison:
+    """The final validation losses of every trial (unfinished or diverged: nan), for compare.py;
+    seeds: the run's seeds (default cfg.seed_list)."""
     finals: Dict[Tuple[str, float, int], float] = {}
     for r in results:
         v = r.final_val
         ok = r.diverged_at is None and r.steps >= cfg.steps and v is not None and math.isfinite(v)
         finals[(r.recipe, r.lr, r.seed)] = float(v) if ok else math.nan  # type: ignore[arg-type]
-    return Comparison(cfg.recipes, cfg.learning_rates, cfg.seed_list, finals)
+    return Comparison(cfg.recipes, cfg.learning_rates, cfg.seed_list if seeds is None else seeds, finals)
 
 
 def _tokens_per_s(results: Sequence[RecipeResult], recipe: str, lr: float) -> float:
@@ -207,13 +209,14 @@ def _sweep_table(cmp: Comparison) -> List[str]:
     return lines
 
 
-def summarize(results: List[RecipeResult], cfg: TrainConfig) -> Tuple[Comparison, str]:
+def summarize(results: List[RecipeResult], cfg: TrainConfig,
+              seeds: Optional[Sequence[int]] = None) -> Tuple[Comparison, str]:
     """(comparison, markdown) of the final tables: per recipe the final validation loss (mean ±
     std and each seed's when there are several seeds), the gap to fp32 paired by seed with its
     95% interval, the verdict, tokens/s and relative cost (tokens/s of fp32 / tokens/s of the
     recipe); with a learning-rate sweep, the sweep table, then the comparison at each recipe's
     best rate and at fp32's best rate."""
-    cmp = comparison(results, cfg)
+    cmp = comparison(results, cfg, seeds)
     sweep = len(cmp.rates) > 1
     lines: List[str] = []
     if sweep:
