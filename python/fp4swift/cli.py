@@ -360,9 +360,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, help="seed of the initialization and the data order (default 0)")
     g.add_argument("--seeds", type=int, help="train: each recipe from this many seeds (--seed, --seed+1, ...; "
                                              "default 1); the summary gives mean, spread and intervals over them")
-    g.add_argument("--init", choices=("normal", "torch"),
-                   help="weight initialization: normal (default: N(0, 0.02), residual projections scaled by "
-                        "1/sqrt(2·layers)) or torch (PyTorch's nn.Linear / nn.Embedding defaults)")
+    g.add_argument("--init", help="weight initialization: torch (default: PyTorch's nn.Linear / nn.Embedding "
+                                  "defaults), normal (N(0, 0.02), residual projections scaled by 1/sqrt(2·layers); "
+                                  "the default of runs before 2026-12), or linear=RULE,embedding=RULE")
     g.add_argument("--data", help="a text file or a directory of text files (read recursively) "
                                   "instead of the Python standard library's .py files")
     g.add_argument("--threads", type=int, help="CPU threads per recipe (default 1: robust when other processes "

@@ -460,8 +460,9 @@ def test_gpt2_is_causal_and_position_aware():
     assert not torch.allclose(same[0, 0], same[0, 5])  # learned positions: same byte, different logits
 
 
-def test_gpt2_loss_decreases():
-    m = build_model(ModelConfig(arch="gpt2", d_model=32, layers=1, heads=2, seq_len=16), seed=0)
+@pytest.mark.parametrize("init,near_uniform", [("normal", 0.1), ("torch", 0.3)])
+def test_gpt2_loss_decreases(init, near_uniform):
+    m = build_model(ModelConfig(arch="gpt2", d_model=32, layers=1, heads=2, seq_len=16, init=init), seed=0)
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (4, 16), generator=g)
     y = torch.roll(x, -1, dims=1)
@@ -473,7 +474,7 @@ def test_gpt2_loss_decreases():
         loss.backward()
         opt.step()
         opt.zero_grad()
-    assert abs(losses[0] - math.log(256)) < 0.1  # the initialization predicts ~uniform bytes
+    assert abs(losses[0] - math.log(256)) < near_uniform  # the initialization predicts ~uniform bytes
     assert losses[-1] < losses[0] - 1.0 and all(b < a for a, b in zip(losses[:5], losses[1:6])), losses
 
 

@@ -183,6 +183,8 @@ def test_a_checkpoint_in_another_trials_folder_is_refused_on_resume(tmp_path, co
     (["--lr", "1e-3,-1"], "--lr must be positive numbers, got -1"),
     (["--lr", "nan"], "--lr must be positive numbers, got nan"),
     (["--study", "nope"], "--study must be one of wang2025-ablation"),
+    (["--init", "xavier"], "--init must be normal or torch, or linear=RULE,embedding=RULE"),
+    (["--init", "linear=torch"], "--init 'linear=torch' must give both linear= and embedding="),
     (["--study", "dge", "--recipes", "fp32"], "give either --study or --recipes, not both"),
 ])
 def test_bad_seeds_and_learning_rates_give_one_line(tmp_path, corpus, capsys, flags, expected):
@@ -226,3 +228,19 @@ def test_compare_reads_separate_one_seed_runs_as_one_multi_seed_run(tmp_path, co
     assert cli.main(["compare", str(tmp_path / "s0"), str(tmp_path / "other")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "differ in --steps" in err[0]
+
+
+def test_init_rules_and_the_default_of_older_configs():
+    from fp4swift.train.model import ModelConfig, build_model
+
+    assert TrainConfig().init == "torch"
+    assert TrainConfig.from_dict({"steps": 5}).init == "normal"  # config.json from before the field
+    std = {}
+    for init in ("normal", "torch", "linear=torch,embedding=normal", "linear=normal,embedding=torch"):
+        m = dict(build_model(ModelConfig(d_model=64, layers=2, heads=2, init=init), 0).named_parameters())
+        std[init] = (float(m["embed_tokens.weight"].std()), float(m["layers.0.mlp.up_proj.weight"].std()),
+                     float(m["layers.1.self_attn.o_proj.weight"].std()))
+    assert std["normal"] == pytest.approx((0.02, 0.02, 0.01), rel=0.05)   # o_proj: 0.02 / sqrt(2 * 2)
+    assert std["torch"] == pytest.approx((1.0, 1 / math.sqrt(3 * 64), 1 / math.sqrt(3 * 64)), rel=0.05)
+    assert std["linear=torch,embedding=normal"] == pytest.approx((0.02,) + std["torch"][1:], rel=0.05)
+    assert std["linear=normal,embedding=torch"] == pytest.approx((1.0,) + std["normal"][1:], rel=0.05)

@@ -61,7 +61,7 @@ class TrainConfig:
     checkpoint_every: int = 50
     seed: int = 0
     seeds: int = 1              # trials per recipe and rate: seeds seed, seed+1, ..., seed+seeds-1
-    init: str = "normal"        # ModelConfig.init
+    init: str = "torch"         # ModelConfig.init (a config.json without the field: "normal", as it was)
     data: Optional[str] = None  # None: the Python standard library's .py files
     tokens: Optional[int] = None  # the --tokens budget that set `steps` (None: --steps or the default)
     switch_at: Optional[float] = None  # target-precision schedule of every quantized recipe (None: off)
@@ -152,6 +152,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
         names = {f.name for f in fields(cls)}
+        d = dict(d)
+        d.setdefault("init", "normal")  # runs from before the field existed used N(0, 0.02)
         return cls(**{k: v for k, v in d.items() if k in names})
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Dict
+from typing import Any, Dict, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +26,7 @@ from torch import nn
 VOCAB_SIZE = 256  # byte-level tokens
 ARCHS = ("llama", "gpt2")
 ARCH_LABELS = {"llama": "LLaMA-style", "gpt2": "GPT-2-style"}
-#: Weight initializations (ModelConfig.init): see ModelConfig.
+#: Initialization rules (ModelConfig.init): see ModelConfig.
 INITS = ("normal", "torch")
 
 
@@ -45,10 +45,12 @@ class ModelConfig:
     tie_embeddings: bool = False
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
-    #: "normal": N(0, 0.02) matrices, residual output projections scaled by 1/sqrt(2·layers)
-    #: (GPT-2 / LLaMA practice, the default); "torch": PyTorch's own module defaults
-    #: (nn.Linear kaiming-uniform, std 1/sqrt(3·fan_in); nn.Embedding N(0, 1)).
-    init: str = "normal"
+    #: "torch" (the default): PyTorch's own module defaults (nn.Linear kaiming-uniform, std
+    #: 1/sqrt(3·fan_in); nn.Embedding N(0, 1)); "normal": N(0, 0.02) matrices, residual output
+    #: projections scaled by 1/sqrt(2·layers) (GPT-2 / Hugging Face LLaMA practice, the default
+    #: before; at this model's width it made fp32 a weak baseline: docs/experiments.md); or one
+    #: rule per kind of matrix, "linear=RULE,embedding=RULE". See init_rules.
+    init: str = "torch"
 
     @property
     def hidden(self) -> int:
@@ -71,8 +73,7 @@ class ModelConfig:
         """Raises ValueError with a one-line message when the sizes do not fit together."""
         if self.arch not in ARCHS:
             raise ValueError(f"--arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
-        if self.init not in INITS:
-            raise ValueError(f"--init must be one of {', '.join(INITS)}, got {self.init!r}")
+        init_rules(self.init)
         for name in ("d_model", "layers", "heads", "seq_len", "vocab_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
@@ -182,14 +183,7 @@ class LlamaLM(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        if self.cfg.init == "torch":
-            return
-        # GPT-2/LLaMA-style: N(0, 0.02), residual output projections scaled by 1/sqrt(2·layers).
-        std = 0.02
-        for name, p in self.named_parameters():
-            if p.dim() == 2:
-                s = std / math.sqrt(2 * self.cfg.layers) if name.endswith(("o_proj.weight", "down_proj.weight")) else std
-                nn.init.normal_(p, mean=0.0, std=s)
+        init_weights(self, self.cfg, embeddings=("embed_tokens.weight",), residual=("o_proj.weight", "down_proj.weight"))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         if tokens.shape[-1] > self.cfg.seq_len:
@@ -273,16 +267,8 @@ class GPT2LM(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        if self.cfg.init == "torch":
-            return
-        # GPT-2: N(0, 0.02) matrices and embeddings, zero biases, residual projections scaled by 1/sqrt(2·layers).
-        std = 0.02
-        for name, p in self.named_parameters():
-            if p.dim() == 2:
-                s = std / math.sqrt(2 * self.cfg.layers) if name.endswith("c_proj.weight") else std
-                nn.init.normal_(p, mean=0.0, std=s)
-            elif name.endswith("bias") and not name.split(".")[-2].startswith("ln_"):
-                nn.init.zeros_(p)
+        init_weights(self, self.cfg, embeddings=("transformer.wte.weight", "transformer.wpe.weight"),
+                     residual=("c_proj.weight",))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         t = tokens.shape[-1]
@@ -329,6 +315,38 @@ def parameter_counts(cfg: ModelConfig) -> Dict[str, int]:
     with torch.device("meta"):
         m = LlamaLM(cfg) if cfg.arch == "llama" else GPT2LM(cfg)
     return {"total": count_parameters(m), "non_embedding": count_parameters(m, exclude_embeddings=True)}
+
+
+def init_rules(init: str) -> Tuple[str, str]:
+    """(rule of the linear layers' matrices, rule of the embedding tables) of an init spec:
+    "normal", "torch", or "linear=RULE,embedding=RULE"; ValueError otherwise."""
+    if init in INITS:
+        return init, init
+    rules: Dict[str, str] = {}
+    for part in str(init).split(","):
+        key, eq, val = part.strip().partition("=")
+        if not eq or key not in ("linear", "embedding") or val not in INITS or key in rules:
+            raise ValueError(f"--init must be {' or '.join(INITS)}, or linear=RULE,embedding=RULE with RULE "
+                             f"{' or '.join(INITS)}; got {init!r}")
+        rules[key] = val
+    if len(rules) != 2:
+        raise ValueError(f"--init {init!r} must give both linear= and embedding=")
+    return rules["linear"], rules["embedding"]
+
+
+def init_weights(model: nn.Module, cfg: ModelConfig, embeddings: Sequence[str], residual: Sequence[str]) -> None:
+    """Applies cfg.init: "normal" draws N(0, 0.02) (residual output projections `residual`:
+    0.02 / sqrt(2·layers); GPT-2 biases 0), "torch" keeps the modules' PyTorch defaults.
+    `embeddings` names the embedding tables (a tied LM head is the token table)."""
+    linear_rule, embedding_rule = init_rules(cfg.init)
+    std = 0.02
+    for name, p in model.named_parameters():
+        if p.dim() == 2:
+            if (embedding_rule if name in embeddings else linear_rule) == "normal":
+                nn.init.normal_(p, mean=0.0, std=std / math.sqrt(2 * cfg.layers) if name.endswith(tuple(residual))
+                                else std)
+        elif linear_rule == "normal" and name.endswith("bias") and not name.split(".")[-2].startswith("ln_"):
+            nn.init.zeros_(p)
 
 
 def build_model(cfg: ModelConfig, seed: int) -> nn.Module:
