@@ -200,23 +200,10 @@ extension LinearLayer {
         }
     }
 
-    /// b[c, r] = a[r, c] for a [rows, cols], in cache-sized tiles; b's rows are `ldb` apart
-    /// (default rows; larger leaves padding columns untouched).
+    /// b[c, r] = a[r, c] for a [rows, cols]; b's rows are `ldb` apart (default rows; larger
+    /// leaves padding columns untouched). `TransposeKernel` picks the fastest kernel.
     static func transpose(_ a: UnsafePointer<Float>, rows: Int, cols: Int, into b: UnsafeMutablePointer<Float>,
                           ldb: Int? = nil) {
-        let ld = ldb ?? rows
-        let tile = 32
-        let rowTiles = (rows + tile - 1) / tile
-        Parallel.forChunks(count: rowTiles, grain: Parallel.grain(count: rowTiles, minItems: 4)) { range in
-            for rt in range {
-                let r0 = rt * tile, r1 = Swift.min(rows, r0 + tile)
-                var c0 = 0
-                while c0 < cols {
-                    let c1 = Swift.min(cols, c0 + tile)
-                    for r in r0..<r1 { for c in c0..<c1 { b[c * ld + r] = a[r * cols + c] } }
-                    c0 = c1
-                }
-            }
-        }
+        TransposeKernel.run(a, rows: rows, cols: cols, into: b, ldb: ldb)
     }
 }
