@@ -26,13 +26,23 @@ enum TransposeKernel: Sendable {
         Parallel.forChunks(count: rowTiles, grain: Parallel.grain(count: rowTiles, minItems: 2)) { range in
             for rt in range {
                 let r0 = rt * tile, r1 = Swift.min(rows, r0 + tile)
-                switch kernel {
-                case .avx2:
-                    fp4isa_transpose_f32_avx2(a + r0 * cols, Int64(cols), b + r0, Int64(ld), Int64(r1 - r0), Int64(cols))
-                case .generic:
-                    generic(a + r0 * cols, lda: cols, b + r0, ldb: ld, rows: r1 - r0, cols: cols)
-                }
+                block(a + r0 * cols, lda: cols, b + r0, ldb: ld, rows: r1 - r0, cols: cols, kernel: kernel)
             }
+        }
+    }
+
+    /// b[c * ldb + r] = a[r * lda + c] on the calling thread (for callers already inside a
+    /// parallel task), in 64-row slabs.
+    static func block(_ a: UnsafePointer<Float>, lda: Int, _ b: UnsafeMutablePointer<Float>, ldb: Int, rows: Int, cols: Int,
+                      kernel: TransposeKernel = selected) {
+        var r0 = 0
+        while r0 < rows {
+            let n = Swift.min(64, rows - r0)
+            switch kernel {
+            case .avx2: fp4isa_transpose_f32_avx2(a + r0 * lda, Int64(lda), b + r0, Int64(ldb), Int64(n), Int64(cols))
+            case .generic: generic(a + r0 * lda, lda: lda, b + r0, ldb: ldb, rows: n, cols: cols)
+            }
+            r0 += n
         }
     }
 
