@@ -126,12 +126,17 @@ extension E2M1Kernel {
     @inline(__always)
     static func stochasticBlocks(_ x: UnsafePointer<Float>, _ codes: UnsafeMutablePointer<UInt8>, from start: Int, _ blocks: Int,
                                  key: UInt64, _ toGrid: (SIMD8<Float>) -> SIMD8<Float>) {
+        // Counters key + (index + 1)·γ, stepped by 8γ per block (wrapping adds: the same values
+        // as multiplying each index, without a 64-bit vector multiply per block).
         let base = key &+ (UInt64(bitPattern: Int64(start)) &+ 1) &* K.gamma
+        var counters = SIMD8<UInt64>(repeating: base) &+ SIMD8<UInt64>(0, 1, 2, 3, 4, 5, 6, 7) &* K.gamma
+        let step = SIMD8<UInt64>(repeating: 8 &* K.gamma)
         let src = UnsafeRawPointer(x + start), cp = UnsafeMutableRawPointer(codes + (start >> 1))
         for k in 0..<blocks {
             let v = toGrid(src.loadUnaligned(fromByteOffset: 32 * k, as: SIMD8<Float>.self))
-            let c = K.stochasticGrid(v, K.uniforms(base, UInt64(8 * k))).code
+            let c = K.stochasticGrid(v, K.uniformsFromCounters(counters)).code
             cp.storeBytes(of: pack(c), toByteOffset: 4 * k, as: UInt32.self)
+            counters &+= step
         }
     }
 
