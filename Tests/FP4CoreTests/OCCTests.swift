@@ -258,8 +258,7 @@ final class OCCTests: XCTestCase {
 
     func testSparseProductsMatchDenseReferences() {
         var (rng, seed) = TestRNG.fresh()
-        // (40, 300, 24, 0.01) uses about a third of the columns (panels gathered); the others
-        // nearly all of them (panels packed by a transpose).
+        // (40, 300, 24, 0.01) uses a third of the columns (gathered panels); the others nearly all (transposed).
         for (rows, cols, n, density) in [(1, 1, 1, 1.0), (5, 7, 3, 0.3), (33, 40, 17, 0.1), (64, 96, 600, 0.05), (20, 10, 9, 0.0),
                                          (40, 300, 24, 0.01)] {
             let what = "\(rows)×\(cols)·n \(n) density \(density) seed \(seed)"
@@ -277,12 +276,9 @@ final class OCCTests: XCTestCase {
             assertBitwiseEqual(yNarrow, y, "narrow panels, \(what)")
             // The exact operations: y + v·w for each stored entry in order, products rounded.
             var seq = y0
-            for r in 0..<rows {
-                for k in Int(csr.indptr[r])..<Int(csr.indptr[r + 1]) {
-                    let c = Int(csr.indices[k]), v = csr.values[k]
-                    for j in 0..<n { seq[r * n + j] += v * w[j * cols + c] }
-                }
-            }
+            for r in 0..<rows { for k in Int(csr.indptr[r])..<Int(csr.indptr[r + 1]) {
+                for j in 0..<n { seq[r * n + j] += csr.values[k] * w[j * cols + Int(csr.indices[k])] }
+            } }
             assertBitwiseEqual(y, seq, "entry order, \(what)")
             for r in 0..<rows {
                 for j in 0..<n {
