@@ -237,8 +237,9 @@ int32_t fp4swift_linear_forward_prepared(const float *x_operand, int64_t tokens,
                                          const float *w, int64_t out_features, const float *bias,
                                          const fp4swift_linear_recipe *recipe, float *y,
                                          const fp4swift_linear_saved *saved);
-/* on_codes = 1 when the recipe's forward GEMM runs on packed codes for this in_features (§11):
- * gemm = PACKED, X and W FP4 with groups along K that nest, and the saved X is the forward's. */
+/* on_codes = 1 when the recipe's forward GEMM runs on the saved packed codes for this in_features
+ * (§11): gemm = PACKED, X and W FP4 with groups along K that nest, and the saved X is the forward's.
+ * (A recipe whose saved X is its own, zhou2025, reports 0: its codes travel in x_operand.) */
 int32_t fp4swift_linear_forward_on_codes(int64_t in_features, const fp4swift_linear_recipe *recipe,
                                          int32_t *on_codes);
 /* x: the forward input, needed (and read) only when the recipe keeps X in float32.
