@@ -141,6 +141,48 @@ AVX2_TARGET void fp4isa_gemm_tile_avx2(const uint8_t *a, const int8_t *b, const 
     }
 }
 
+// b[c * ldb + r] = a[r * lda + c]: 8x8 blocks transposed in registers (unpack, shuffle,
+// permute2f128), so every load and store is a contiguous 32 bytes; edges one float at a time.
+AVX2_TARGET void fp4isa_transpose_f32_avx2(const float *a, int64_t lda, float *b, int64_t ldb,
+                                           int64_t rows, int64_t cols) {
+    int64_t c = 0;
+    for (; c + 8 <= cols; c += 8) {
+        int64_t r = 0;
+        for (; r + 8 <= rows; r += 8) {
+            const float *p = a + r * lda + c;
+            const __m256 r0 = _mm256_loadu_ps(p), r1 = _mm256_loadu_ps(p + lda), r2 = _mm256_loadu_ps(p + 2 * lda),
+                         r3 = _mm256_loadu_ps(p + 3 * lda), r4 = _mm256_loadu_ps(p + 4 * lda),
+                         r5 = _mm256_loadu_ps(p + 5 * lda), r6 = _mm256_loadu_ps(p + 6 * lda),
+                         r7 = _mm256_loadu_ps(p + 7 * lda);
+            const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+            const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+            const __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+            const __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+            const __m256 s0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+            const __m256 s1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+            const __m256 s2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+            const __m256 s3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+            const __m256 s4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+            const __m256 s5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+            const __m256 s6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+            const __m256 s7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+            float *q = b + c * ldb + r;
+            _mm256_storeu_ps(q, _mm256_permute2f128_ps(s0, s4, 0x20));
+            _mm256_storeu_ps(q + ldb, _mm256_permute2f128_ps(s1, s5, 0x20));
+            _mm256_storeu_ps(q + 2 * ldb, _mm256_permute2f128_ps(s2, s6, 0x20));
+            _mm256_storeu_ps(q + 3 * ldb, _mm256_permute2f128_ps(s3, s7, 0x20));
+            _mm256_storeu_ps(q + 4 * ldb, _mm256_permute2f128_ps(s0, s4, 0x31));
+            _mm256_storeu_ps(q + 5 * ldb, _mm256_permute2f128_ps(s1, s5, 0x31));
+            _mm256_storeu_ps(q + 6 * ldb, _mm256_permute2f128_ps(s2, s6, 0x31));
+            _mm256_storeu_ps(q + 7 * ldb, _mm256_permute2f128_ps(s3, s7, 0x31));
+        }
+        for (; r < rows; r++)
+            for (int64_t i = 0; i < 8; i++) b[(c + i) * ldb + r] = a[r * lda + c + i];
+    }
+    for (; c < cols; c++)
+        for (int64_t r = 0; r < rows; r++) b[c * ldb + r] = a[r * lda + c];
+}
+
 #else  // not x86-64: only the portable Swift tile runs
 
 int32_t fp4isa_cpu_has(int32_t isa) { (void)isa; return 0; }
@@ -157,6 +199,10 @@ void fp4isa_gemm_tile_avx2(const uint8_t *a, const int8_t *b, const int32_t *cor
                            int64_t ldc, int64_t mr, int64_t nr) {
     (void)a; (void)b; (void)corr; (void)sa; (void)sb; (void)groups; (void)quads; (void)post; (void)div; (void)c;
     (void)ldc; (void)mr; (void)nr;
+}
+
+void fp4isa_transpose_f32_avx2(const float *a, int64_t lda, float *b, int64_t ldb, int64_t rows, int64_t cols) {
+    (void)a; (void)lda; (void)b; (void)ldb; (void)rows; (void)cols;
 }
 
 #endif

@@ -1,4 +1,5 @@
 import XCTest
+import FP4ISA
 @testable import FP4Core
 
 /// Every fast kernel of the kernel table (Kernels/KernelTable.swift) against its reference,
@@ -135,6 +136,85 @@ final class KernelParityTests: XCTestCase {
                 let count = x.withUnsafeBufferPointer { ClampKernel.clampCountRow($0.baseAddress!, &c, n, lo, hi) }
                 XCTAssertEqual(c.map(\.bitPattern), x.map { ClampKernel.select($0, lo, hi).bitPattern })
                 XCTAssertEqual(Int(count), x.filter { $0 < lo || $0 > hi }.count)
+            }
+        }
+    }
+
+    /// nvfp4's block-scale byte: `E4M3ScaleKernel` against the general e4m3 codec on every
+    /// float16 pattern (scaled to cover e4m3's range), every e4m3 midpoint ± 2 ulps, saturation.
+    func testE4M3ScaleKernelMatchesTheCodec() {
+        let codec = ElementCodec.e4m3
+        var probe = Self.float16Probe([0, -12, -6, 6]).filter { $0.sign == .plus }
+        for c in 0..<126 {  // code 127 is NaN
+            let lo = codec.decode(UInt8(c)), hi = codec.decode(UInt8(c + 1))
+            let mid = (lo + hi) / 2
+            for d in -2...2 { probe.append(Float(bitPattern: UInt32(Int(mid.bitPattern) + d))) }
+            probe.append(lo)
+        }
+        probe += [0, 448, 449, 463.99, 464, 465, 1e30, .infinity, .leastNonzeroMagnitude, .leastNormalMagnitude, 0x1p-10, 0x1p-9]
+        var bad = 0
+        for t in probe {
+            guard let e = E4M3ScaleKernel.nearestEven(t), let ref = codec.encode(t) else { bad += 1; continue }
+            if e.code != ref || e.value.bitPattern != codec.decode(ref).bitPattern { bad += 1 }
+        }
+        XCTAssertEqual(bad, 0)
+        XCTAssertNil(E4M3ScaleKernel.nearestEven(.nan))
+        XCTAssertNil(E4M3ScaleKernel.nearestEven(-1))
+        XCTAssertNil(E4M3ScaleKernel.nearestEven(-0.0))
+    }
+
+    /// e2m1 stochastic codes (`StochasticCodeKernel.e2m1SIMD8`) against the general path: every
+    /// granularity, divide / two-level / multiply scale rules, odd shapes (groups starting at odd
+    /// flat indices), zero groups and signed zeros, several thread counts.
+    func testStochasticE2M1CodesMatchTheGeneralPath() throws {
+        var rng = TestRNG(seed: 91)
+        let shapes = [(7, 33), (5, 64), (3, 48), (16, 32), (1, 9), (32, 16)]
+        let grans: [Granularity] = [.row, .tensor, .block(16), .block(32), .block2d(16)]
+        let rules: [ScaleRule] = [.absmax, .nvfp4, .e8m0, .nvfp4Torchao, .e8m0Ceil, .absmaxDiv3]
+        let before = Parallel.threadCount
+        defer { Parallel.threadCount = before }
+        var checked = 0
+        for (rows, cols) in shapes {
+            var x = (0..<(rows * cols)).map { _ in Float.random(in: -3..<3, using: &rng) * (Float.random(in: 0..<1, using: &rng) < 0.05 ? 40 : 1) }
+            for c in 0..<cols { x[c] = c % 2 == 0 ? 0 : -0.0 }  // a zero first row
+            for g in grans where (try? g.layout(rows: rows, cols: cols)) != nil {
+                for rule in rules {
+                    let q = Quantizer(format: .e2m1, granularity: g, scaleRule: rule, rounding: .stochastic, seed: UInt64(checked))
+                    XCTAssertEqual(StochasticCodeKernel.of(q), .e2m1SIMD8)
+                    var fast = [UInt8](repeating: 0xAA, count: (rows * cols + 1) / 2), ref = fast
+                    try x.withUnsafeBufferPointer { xp in
+                        try q.quantize(xp.baseAddress!, rows: rows, cols: cols, codes: &ref, dequantized: nil, kernels: false)
+                        for threads in [1, 3] {
+                            Parallel.threadCount = threads
+                            _ = try q.quantize(xp.baseAddress!, rows: rows, cols: cols, codes: &fast, dequantized: nil, kernels: true)
+                            XCTAssertEqual(fast, ref, "\(rows)x\(cols) \(g.name) \(rule.name) threads \(threads)")
+                        }
+                    }
+                    checked += 1
+                }
+            }
+        }
+        XCTAssertGreaterThan(checked, 80)
+        XCTAssertEqual(StochasticCodeKernel.of(Quantizer(format: .e2m1, rounding: .stochastic, stochasticBits: 8)), .generic)
+        XCTAssertEqual(StochasticCodeKernel.of(Quantizer(format: .e1m2, rounding: .stochastic)), .generic)
+    }
+
+    /// The layers' transposes: `TransposeKernel.avx2` (where the CPU runs it) equals the generic
+    /// loop, including edges and padded output rows (ldb > rows), which stay untouched.
+    func testTransposeKernelsAgree() throws {
+        var rng = TestRNG(seed: 5)
+        let kernels: [TransposeKernel] = fp4isa_cpu_has(FP4ISA_AVX2) != 0 ? [.generic, .avx2] : [.generic]
+        for (rows, cols, pad) in [(1, 1, 0), (7, 9, 3), (8, 8, 0), (64, 64, 0), (65, 130, 5), (200, 17, 8), (3, 70, 0)] {
+            let a = (0..<(rows * cols)).map { _ in Float.random(in: -1..<1, using: &rng) }
+            let ld = rows + pad
+            for k in kernels {
+                var b = [Float](repeating: .nan, count: cols * ld)
+                a.withUnsafeBufferPointer { ap in TransposeKernel.run(ap.baseAddress!, rows: rows, cols: cols, into: &b, ldb: ld, kernel: k) }
+                var bad = 0
+                for c in 0..<cols {
+                    for r in 0..<ld where r < rows ? b[c * ld + r] != a[r * cols + c] : !b[c * ld + r].isNaN { bad += 1 }
+                }
+                XCTAssertEqual(bad, 0, "\(rows)x\(cols) ldb \(ld) \(k)")
             }
         }
     }

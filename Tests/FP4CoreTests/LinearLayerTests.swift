@@ -247,6 +247,46 @@ final class LinearLayerTests: XCTestCase {
         }
     }
 
+    /// zhou2025 saves FP8 X, so its forward's e2m1 codes travel in the operand buffer
+    /// (`forwardCodesInOperand`): y is exactly PackedGEMM on X's and W's codes, + b, through both
+    /// entry points; the saved state and the backward are the simulated path's, bit for bit.
+    func testZhou2025ForwardOnCodesInTheOperand() throws {
+        var rng = TestRNG(seed: 43)
+        let T = 12, K = 32, N = 6
+        let packed = LinearRecipe.named("zhou2025")!
+        var simulated = packed
+        simulated.gemm = .simulated
+        XCTAssertTrue(LinearLayer.forwardCodesInOperand(recipe: packed, tokens: T, inFeatures: K))
+        XCTAssertFalse(LinearLayer.forwardCodesInOperand(recipe: simulated, tokens: T, inFeatures: K))
+        XCTAssertFalse(LinearLayer.forwardRunsOnCodes(recipe: packed, inFeatures: K))  // not from the saved state
+        let x = randomGaussian(T * K, &rng), w = randomGaussian(N * K, &rng), b = randomGaussian(N, &rng)
+        let dy = randomGaussian(T * N, &rng)
+        let q = packed.input!
+        var want = [Float](repeating: 0, count: T * N)
+        let xc = try x.withUnsafeBufferPointer { try LinearLayer.CodedOperand($0.baseAddress!, rows: T, cols: K, q) }
+        let wc = try w.withUnsafeBufferPointer { try LinearLayer.CodedOperand($0.baseAddress!, rows: N, cols: K, q) }
+        try want.withUnsafeMutableBufferPointer { out in
+            try xc.withOperand { a in try wc.withOperand { c in try PackedGEMM.multiply(a, c, into: out.baseAddress!) } }
+        }
+        for t in 0..<T { for j in 0..<N { want[t * N + j] += b[j] } }
+        let bits = { (u: [Float]) in u.map(\.bitPattern) }
+        let s = try runLinear(x: x, T: T, K: K, w: w, N: N, bias: b, dy: dy, recipe: simulated)
+        for prepared in [false, true] {
+            let r = try runLinear(x: x, T: T, K: K, w: w, N: N, bias: b, dy: dy, recipe: packed, prepared: prepared)
+            XCTAssertEqual(bits(r.y), bits(want), "prepared \(prepared)")
+            XCTAssertEqual(r.savedCodes, s.savedCodes)
+            XCTAssertEqual(bits(r.savedScales), bits(s.savedScales))
+            XCTAssertEqual(bits(r.dx), bits(s.dx))
+            XCTAssertEqual(bits(r.dw), bits(s.dw))
+        }
+        // Where codes and scales would not fit the [T, K] buffer (K = 1, row scales): simulated.
+        var row = packed
+        row.input = Quantizer(format: .e2m1, granularity: .row, scaleRule: .absmax)
+        row.weight = row.input
+        XCTAssertFalse(LinearLayer.forwardCodesInOperand(recipe: row, tokens: 9, inFeatures: 1))
+        XCTAssertTrue(LinearLayer.forwardCodesInOperand(recipe: row, tokens: 9, inFeatures: 2))
+    }
+
     func testBadRecipesThrow() throws {
         let x = [Float](repeating: 1, count: 8), w = [Float](repeating: 1, count: 8), dy = [Float](repeating: 1, count: 4)
         for a in [0.5, 1.01, -1, .nan] {

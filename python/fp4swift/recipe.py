@@ -281,7 +281,9 @@ class _RecipeC:
         self.on_codes: Dict[int, bool] = {}
 
     def forward_on_codes(self, in_features: int) -> bool:
-        """Whether the forward GEMM runs on packed codes (then it needs no float32 X operand)."""
+        """Whether the forward GEMM runs on the saved state's packed codes (then it needs no X
+        operand buffer). False under recipes whose saved X is their own (zhou2025): their forward
+        may still run on codes, carried in the operand buffer (numerics.md §6)."""
         got = self.on_codes.get(in_features)
         if got is None:
             flag = ctypes.c_int32()

@@ -54,6 +54,9 @@ FORWARD_CASES = [
     ("wang2025", {"fmt": "e3m0"}),
     ("mxfp4", {}),
     ("nvfp4", {}),
+    ("zhou2025", {}),  # X_q's codes travel in the operand buffer; the saved X stays FP8
+    ("zhou2025", {"granularity": "block(32)"}),
+    ("zhou2025", {"granularity": "row", "fmt": "e3m0"}),
 ]
 
 
@@ -76,8 +79,37 @@ def test_forward_within_bound_and_backward_shares_operands(name, changes, T, K, 
     assert sp.x_scales.tobytes() == ss.x_scales.tobytes()
     assert dbp.tobytes() == dbs.tobytes()
     if name not in ("nvfp4", "mxfp4"):
-        # Float32 backward GEMMs (these recipes' dY is not quantized): the same sgemm calls.
+        # Float32 backward GEMMs (zhou2025: simulated FP8 ones): the same sgemm calls.
         assert dxp.tobytes() == dxs.tobytes() and dwp.tobytes() == dws.tobytes()
+
+
+@pytest.mark.parametrize("granularity", ["block(16)", "block(32)", "row"])
+def test_zhou2025_forward_is_the_packed_gemm_of_its_fp4_codes(granularity):
+    # Its saved X is FP8, so X_q's codes travel in the operand buffer; the forward must be
+    # exactly f4.gemm on the e2m1 codes of X and W, then + b, and save the same FP8 state.
+    rng = np.random.default_rng(11)
+    x, w, b, _ = _data(rng, 48, 64, 32)
+    r = f4.Recipe.get("zhou2025").replace(granularity=granularity)
+    gran, _, block = granularity.partition("(")
+    kw = dict(block=int(block[:-1])) if block else {}
+    qx = f4.quantize(x, "e2m1", gran, "absmax", **kw)
+    qw = f4.quantize(w, "e2m1", gran, "absmax", **kw)
+    want = f4.gemm(qx, qw) + b
+    y, saved = f4.linear_forward(x, w, b, r)
+    assert y.tobytes() == want.tobytes()
+    p = f4.prepare_input(x, r)
+    assert f4.linear_forward(None, w, b, r, prepared=p)[0].tobytes() == want.tobytes()
+    _, ss = f4.linear_forward(x, w, b, r.replace(gemm="simulated"))
+    assert saved.x_codes.tobytes() == ss.x_codes.tobytes() and saved.nbytes == ss.nbytes == x.size + 4 * x.shape[1]
+
+
+def test_zhou2025_forward_stays_simulated_where_codes_do_not_fit_the_operand():
+    # K = 1 with row scales: T/2 code bytes + T scales exceed the T-float operand buffer.
+    rng = np.random.default_rng(12)
+    x, w, b, dy = _data(rng, 9, 1, 4, outliers=False)
+    packed, simulated = _pair("zhou2025", granularity="row")
+    for u, v in zip(_run(packed, x, w, b, dy)[0], _run(simulated, x, w, b, dy)[0]):
+        assert u.tobytes() == v.tobytes()
 
 
 @pytest.mark.parametrize("T,K,N", [(64, 64, 48), (40, 32, 96), (17, 48, 16)])
@@ -114,9 +146,9 @@ def test_nvfp4_backward_with_nonfinite_dy_propagates_like_simulated():
     assert np.array_equal(np.isnan(dwp), np.isnan(dws)) and np.isnan(dwp).any()
 
 
-@pytest.mark.parametrize("name", ["fp32", "fp8", "zhou2025"])
+@pytest.mark.parametrize("name", ["fp32", "fp8"])
 def test_recipes_without_fp4_gemm_operands_are_unchanged(name):
-    # fp32 and fp8 have no FP4 operands; zhou2025 saves its own FP8 X, so its forward stays simulated.
+    # fp32 and fp8 have no FP4 operands.
     rng = np.random.default_rng(4)
     x, w, b, dy = _data(rng, 32, 64, 32)
     packed, simulated = _pair(name)

@@ -85,7 +85,7 @@ def test_packed_forward_needs_no_float_operand():
         assert p.operand is None, name
         assert f4.linear_forward(None, w, None, name, prepared=p)[0].tobytes() == \
             f4.linear_forward(x, w, None, name)[0].tobytes()
-    # zhou2025 saves its own FP8 X for the backward: its forward GEMM stays simulated.
+    # zhou2025 saves its own FP8 X for the backward: its FP4 codes travel in the operand buffer.
     assert f4.prepare_input(x, "zhou2025").operand is not None
 
 

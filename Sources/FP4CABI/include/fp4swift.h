@@ -225,7 +225,9 @@ int32_t fp4swift_linear_forward(const float *x, int64_t tokens, int64_t in_featu
  * in_features]; forward_prepared computes y = x_operand W_q^T + bias. When the forward GEMM
  * runs on codes (fp4swift_linear_forward_on_codes), x_operand is neither written nor read
  * (NULL allowed) and forward_prepared reads X_q and the residual from `saved` instead; when
- * the recipe keeps X in float32, x_operand is x itself. Together they equal
+ * the recipe keeps X in float32, x_operand is x itself. Under gemm = PACKED with FP4 X and W
+ * but a saved X of the recipe's own (zhou2025: FP8), x_operand holds X_q's packed codes and
+ * float32 scales as bytes, not X_q's floats (still a [tokens, in_features] float buffer). Together they equal
  * fp4swift_linear_forward bit for bit, and one prepared state serves every sharing layer's
  * backward (it does not depend on W). */
 int32_t fp4swift_linear_prepare_input(const float *x, int64_t tokens, int64_t in_features,
@@ -235,8 +237,9 @@ int32_t fp4swift_linear_forward_prepared(const float *x_operand, int64_t tokens,
                                          const float *w, int64_t out_features, const float *bias,
                                          const fp4swift_linear_recipe *recipe, float *y,
                                          const fp4swift_linear_saved *saved);
-/* on_codes = 1 when the recipe's forward GEMM runs on packed codes for this in_features (§11):
- * gemm = PACKED, X and W FP4 with groups along K that nest, and the saved X is the forward's. */
+/* on_codes = 1 when the recipe's forward GEMM runs on the saved packed codes for this in_features
+ * (§11): gemm = PACKED, X and W FP4 with groups along K that nest, and the saved X is the forward's.
+ * (A recipe whose saved X is its own, zhou2025, reports 0: its codes travel in x_operand.) */
 int32_t fp4swift_linear_forward_on_codes(int64_t in_features, const fp4swift_linear_recipe *recipe,
                                          int32_t *on_codes);
 /* x: the forward input, needed (and read) only when the recipe keeps X in float32.

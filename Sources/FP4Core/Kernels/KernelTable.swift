@@ -27,6 +27,19 @@ enum PackedCodeKernel: Sendable {
     case e2m1SIMD8
 }
 
+/// Stochastic codes written as packed FP4 bytes (`Quantizer.quantize` without x̂).
+enum StochasticCodeKernel: Sendable {
+    /// Reference: `StochasticRounder` / `LimitedStochasticRounder` + `CodeWriter`, one code per
+    /// byte, then `packNibbles`.
+    case generic
+    /// e2m1, exact-probability draws: `E2M1Kernel.stochasticSegment` (SIMD8 on blocks of 8).
+    case e2m1SIMD8
+
+    static func of(_ q: Quantizer) -> StochasticCodeKernel {
+        q.rounding == .stochastic && q.stochasticBits == 0 && q.format == .e2m1 ? .e2m1SIMD8 : .generic
+    }
+}
+
 /// Packed FP4 codes to values (`Quantizer.dequantize`).
 enum DecodeKernel: Sendable {
     /// Reference: `ElementCodec.decodeTable` lookups (also FP8).

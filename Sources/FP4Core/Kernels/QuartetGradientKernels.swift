@@ -22,7 +22,14 @@ extension QuartetKernels {
     @inline(__always)
     static func stochasticEncode(_ x: SIMD8<Float>, _ s: SIMD8<Float>, _ u: SIMD8<Float>)
         -> (code: SIMD8<UInt32>, xhat: SIMD8<Float>) {
-        let v = x / s
+        let r = stochasticGrid(x / s, u)
+        return (r.code, r.q * s)
+    }
+
+    /// e2m1 stochastic rounding of the grid-scaled v (`roundStochastic` + `CodeWriter.code`):
+    /// the code and the signed grid value q.
+    @inline(__always)
+    static func stochasticGrid(_ v: SIMD8<Float>, _ u: SIMD8<Float>) -> (code: SIMD8<UInt32>, q: SIMD8<Float>) {
         let a = minNonNegative(magnitude(v), fmax)
         let e = binade(a)
         let q = a * toUnits(e)  // < 4
@@ -32,7 +39,7 @@ extension QuartetKernels {
         let k = fl + up  // 0 ... 4, an integer
         // k + 2^23 holds k in its low mantissa bits (exact).
         let code = (bits(k + SIMD8<Float>(repeating: 0x1p23)) & 7) &+ (uint(e) &<< 1) | ((bits(v) & 0x8000_0000) &>> 28)
-        return (code, withSign(v, k * toValue(e)) * s)
+        return (code, withSign(v, k * toValue(e)))
     }
 
     /// x̂ of `stochasticEncode`.

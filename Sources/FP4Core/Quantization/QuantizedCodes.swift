@@ -12,10 +12,21 @@ extension Quantizer {
     public func quantize(_ x: UnsafePointer<Float>, rows: Int, cols: Int,
                          codes: UnsafeMutablePointer<UInt8>,
                          dequantized: UnsafeMutablePointer<Float>? = nil) throws -> TensorScales {
+        try quantize(x, rows: rows, cols: cols, codes: codes, dequantized: dequantized, kernels: true)
+    }
+
+    /// `quantize`; `kernels: false` takes the general path where the kernel table names a fast
+    /// one (for the parity tests).
+    func quantize(_ x: UnsafePointer<Float>, rows: Int, cols: Int, codes: UnsafeMutablePointer<UInt8>,
+                  dequantized: UnsafeMutablePointer<Float>?, kernels: Bool) throws -> TensorScales {
         let ts = try scales(of: x, rows: rows, cols: cols)
         if ts.nonFiniteCount > 0 {
             let i = Quantizer.firstNonFiniteIndex(x, count: rows * cols)
             throw FP4Error(.nonFinite, "cannot quantize a non-finite value (\(x[i])) at flat index \(i)")
+        }
+        if kernels, dequantized == nil, StochasticCodeKernel.of(self) == .e2m1SIMD8 {
+            quantizeRowsStochasticE2M1(x, codes, ts)
+            return ts
         }
         let signBit = UInt8(format.signBit), infCode = Int32(format.infMagnitudeCode ?? format.maxFiniteMagnitudeCode)
         struct Run: RounderVisitor {
@@ -102,6 +113,37 @@ extension Quantizer {
                     }
                 }
                 if packed { packNibbles(scratch, count: n, into: codes + first / 2) }
+            }
+        }
+    }
+
+    /// e2m1 stochastic codes only (`StochasticCodeKernel.e2m1SIMD8`): the chunks and group
+    /// order of `quantizeRows`, each group through `E2M1Kernel.stochasticSegment`.
+    func quantizeRowsStochasticE2M1(_ x: UnsafePointer<Float>, _ codes: UnsafeMutablePointer<UInt8>, _ ts: TensorScales) {
+        let L = ts.layout
+        let key = CounterRNG.key(seed: seed), twoLevel = scaleRule.dividesByTensorScale
+        // Chunks start at an even flat index so no two chunks share a packed byte.
+        var grain = Parallel.grain(count: L.rows, minItems: Swift.max(1, 8192 / Swift.max(1, L.cols)))
+        if L.cols % 2 == 1 && grain % 2 == 1 { grain += 1 }
+        ts.groups.withUnsafeBufferPointer { gs in
+            Parallel.forChunks(count: L.rows, grain: grain) { rowRange in
+                for r in rowRange {
+                    let gbase = (r / L.groupRows) * L.tileCols
+                    for j in 0..<L.tileCols {
+                        let g = gs[gbase + j]
+                        let start = r * L.cols + j * L.groupCols, range = start..<(start + L.groupCols)
+                        if g.isZero {
+                            Quantizer.zeroSegmentPacked(x, codes, nil, range)
+                        } else if g.multiplier != 0 {
+                            E2M1Kernel.stochasticSegment(x, codes, range, .multiply(g.multiplier), key: key)
+                        } else if twoLevel {
+                            let ratio = TwoLevelScaling(sb: g.scale, tensorScale: g.tensorScale).ratio
+                            E2M1Kernel.stochasticSegment(x, codes, range, .multiply(ratio), key: key)
+                        } else {
+                            E2M1Kernel.stochasticSegment(x, codes, range, .divide(g.scale), key: key)
+                        }
+                    }
+                }
             }
         }
     }

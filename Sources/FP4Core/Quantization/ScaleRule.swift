@@ -136,15 +136,15 @@ extension ScaleRule {
     /// The scale of one group with absolute maximum `amax` (finite, ≥ 0). `std`, the
     /// group's population standard deviation, is read by `quest` only.
     public func groupScale(amax: Float, format: MiniFloatFormat, tensorScale S: Float, std: Double = 0) -> GroupScale {
-        let fmax = format.maxValue
         let zero = GroupScale(scale: 1, tensorScale: 1, byte: 0, isZero: true)
         switch self {
         case .absmax:
-            let s = amax / fmax
+            let s = amax / format.maxValue
             // An amax so small that amax / fmax underflows to 0 is treated as an all-zero group.
             return s > 0 ? GroupScale(scale: s, tensorScale: 1, byte: 0, isZero: false) : zero
         case .pow2:
             guard amax > 0 else { return zero }
+            let fmax = format.maxValue
             // Smallest k with amax ≤ fmax · 2^k; Double makes the products exact.
             var k = exponentFloor(amax) - exponentFloor(fmax)
             while Double(amax) > Double(fmax) * pow2d(k) { k += 1 }
@@ -158,8 +158,11 @@ extension ScaleRule {
             let e = Swift.min(Swift.max(exponentFloor(amax) - format.maxExponent, -127), 127)
             return GroupScale(scale: exactPow2(e), tensorScale: 1, byte: UInt8(e + 127), isZero: false)
         case .nvfp4:
-            let e4m3 = ElementCodec.e4m3
             let t = (amax * S) / 6
+            if let e = E4M3ScaleKernel.nearestEven(t) {
+                return GroupScale(scale: e.value, tensorScale: S, byte: e.code, isZero: e.value == 0)
+            }
+            let e4m3 = ElementCodec.e4m3
             let code = e4m3.encode(t) ?? 0
             let sb = e4m3.decode(code)
             return GroupScale(scale: sb, tensorScale: S, byte: code, isZero: sb == 0)
@@ -193,7 +196,7 @@ extension ScaleRule {
             }
             return GroupScale(scale: exactPow2(e), tensorScale: 1, byte: UInt8(e + 127), isZero: false)
         case .e8m0Rceil:
-            let b = Int(ScaleRule.e8m0RoundUp(amax / fmax))
+            let b = Int(ScaleRule.e8m0RoundUp(amax / format.maxValue))
             // Byte 0 multiplies by 1 (Transformer Engine's exp2f_rcp, torchao's rcp): with
             // |x| ≤ fmax · 2^−127 every element rounds to a signed zero.
             return GroupScale(scale: exactPow2(b - 127), tensorScale: 1, byte: UInt8(b), isZero: b == 0)

@@ -131,7 +131,11 @@ public enum LinearLayer {
         try checkShapes(T, K, N)
         // On codes, the GEMM reads X_q from the saved state: no float32 operand.
         let onCodes = forwardRunsOnCodes(recipe: recipe, inFeatures: K)
-        let xq = recipe.input == nil || onCodes ? nil : Scratch(T * K)
+        // Codes in the operand buffer take a fraction of it (OperandCodes.floats).
+        let operandFloats = recipe.input.flatMap { q in
+            forwardCodesInOperand(recipe: recipe, tokens: T, inFeatures: K) ? OperandCodes(q, tokens: T, inFeatures: K)?.floats : nil
+        } ?? T * K
+        let xq = recipe.input == nil || onCodes ? nil : Scratch(operandFloats)
         try prepareInput(x: x, tokens: T, inFeatures: K, recipe: recipe, operand: xq?.pointer, saved: &saved)
         try forwardPrepared(operand: recipe.input == nil ? x : xq.map { UnsafePointer($0.pointer) }, tokens: T, inFeatures: K,
                             w: w, outFeatures: N, bias: bias, recipe: recipe, y: y, saved: saved)
@@ -141,8 +145,10 @@ public enum LinearLayer {
     /// The forward's work on X alone: OCC, the saved codes, scales and residual, and the
     /// forward GEMM's X operand (Q(X_c) + ΔX) written to `operand` ([T, K]; needed, and
     /// written, only when the recipe quantizes X and the forward GEMM does not run on codes,
-    /// `forwardRunsOnCodes`). Layers that read the same X under the same recipe (q/k/v
-    /// projections) can share one result: it does not depend on W.
+    /// `forwardRunsOnCodes`). When the forward runs on codes but the saved X is the recipe's own
+    /// (`forwardCodesInOperand`), `operand` receives X_q's packed codes and scales instead of
+    /// floats. Layers that read the same X under the same recipe (q/k/v projections) can share
+    /// one result: it does not depend on W.
     public static func prepareInput(x: UnsafePointer<Float>, tokens T: Int, inFeatures K: Int, recipe: LinearRecipe,
                                     operand: UnsafeMutablePointer<Float>?, saved: inout LinearSaved) throws {
         try checkShapes(T, K, 0)
@@ -200,7 +206,12 @@ public enum LinearLayer {
             } else if recipe.savesForwardInput {
                 try saveInput(q, source, rows: T, cols: K, saved: &saved, dequantized: buffer)
             } else if let buffer {
-                try q.fakeQuantize(source, rows: T, cols: K, into: buffer, nonFinite: .raise)
+                if forwardCodesInOperand(recipe: recipe, tokens: T, inFeatures: K),
+                   let layout = OperandCodes(q, tokens: T, inFeatures: K) {
+                    try layout.write(q, source, tokens: T, inFeatures: K, into: buffer)
+                } else {
+                    try q.fakeQuantize(source, rows: T, cols: K, into: buffer, nonFinite: .raise)
+                }
             }
             withExtendedLifetime(clamped) {}
             if clampInQuantizer == nil, let buffer, let occ = recipe.occ, occ.compensate, saved.residualNNZ > 0 {
@@ -218,7 +229,7 @@ public enum LinearLayer {
     /// The forward GEMM on a prepared X operand (`prepareInput`; X itself when the recipe
     /// keeps X in float32): Y = X_op·W_qᵀ + b. When the forward runs on codes
     /// (`forwardRunsOnCodes`), X_q comes from `saved` (the state `prepareInput` filled) and
-    /// `operand` is not read.
+    /// `operand` is not read; under `forwardCodesInOperand` it holds X_q's codes (`OperandCodes`).
     public static func forwardPrepared(operand: UnsafePointer<Float>?, tokens T: Int, inFeatures K: Int,
                                        w: UnsafePointer<Float>, outFeatures N: Int, bias: UnsafePointer<Float>?,
                                        recipe: LinearRecipe, y: UnsafeMutablePointer<Float>, saved: LinearSaved?) throws {
@@ -230,6 +241,10 @@ public enum LinearLayer {
             return
         }
         guard let xOperand = operand else { throw FP4Error.invalid("the forward needs the prepared X operand") }
+        if forwardCodesInOperand(recipe: recipe, tokens: T, inFeatures: K) {
+            try forwardOnOperandCodes(xOperand, tokens: T, inFeatures: K, w: w, outFeatures: N, bias: bias, recipe: recipe, y: y)
+            return
+        }
         let wq = try Operand(w, rows: N, cols: K, quantizer: recipe.weight, nonFinite: .raise)
         let wOperand = wq.pointer
 

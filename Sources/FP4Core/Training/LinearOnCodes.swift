@@ -31,6 +31,64 @@ extension LinearLayer {
         return groupsNest(qx, qw, reduction: K)
     }
 
+    /// Whether the forward GEMM runs on codes that the X operand buffer holds: for recipes whose
+    /// saved X is their own quantization (`zhou2025` saves FP8 X for its FP8 backward), X_q's
+    /// codes are not in the saved state, so `prepareInput` writes them, with their scales, into
+    /// the [T, K] float32 operand buffer it would otherwise fill with X̂ (`OperandCodes`), and
+    /// `forwardPrepared` multiplies them on codes. The saved state is the same either way.
+    public static func forwardCodesInOperand(recipe: LinearRecipe, tokens T: Int, inFeatures K: Int) -> Bool {
+        guard recipe.gemm == .packed, !recipe.savesForwardInput, let qx = recipe.input, let qw = recipe.weight,
+              feedsPackedGEMM(qx), feedsPackedGEMM(qw), groupsNest(qx, qw, reduction: K) else { return false }
+        return OperandCodes(qx, tokens: T, inFeatures: K) != nil
+    }
+
+    /// Where X_q's codes, scales and tensor scale sit in a [T, K] float32 operand buffer: packed
+    /// codes from byte 0, then one float32 scale per group from the next whole float, then the
+    /// GEMM's tensor scale. Nil when that does not fit in T·K floats (e.g. K = 1 with row scales)
+    /// or the shape does not divide into the quantizer's groups: the forward then stays simulated.
+    struct OperandCodes {
+        let codeBytes: Int, scalesOffset: Int, groups: Int
+        var tensorScaleOffset: Int { scalesOffset + groups }
+        /// Floats of the buffer the layout uses.
+        var floats: Int { tensorScaleOffset + 1 }
+
+        init?(_ q: Quantizer, tokens T: Int, inFeatures K: Int) {
+            guard let layout = try? q.granularity.layout(rows: T, cols: K) else { return nil }
+            codeBytes = q.codeBytes(count: T * K)
+            scalesOffset = (codeBytes + 3) / 4
+            groups = layout.groupCount
+            guard scalesOffset + groups + 1 <= T * K else { return nil }
+        }
+
+        /// Quantizes x into the buffer (non-finite x throws, as the simulated path's quantizer does).
+        func write(_ q: Quantizer, _ x: UnsafePointer<Float>, tokens T: Int, inFeatures K: Int,
+                   into buffer: UnsafeMutablePointer<Float>) throws {
+            // The codes are bytes of the caller's float buffer (packed GEMM panels use raw scratch the same way).
+            let codes = UnsafeMutableRawPointer(buffer).assumingMemoryBound(to: UInt8.self)
+            let ts = try q.quantize(x, rows: T, cols: K, codes: codes)
+            for g in 0..<groups { buffer[scalesOffset + g] = ts.groups[g].scale }
+            buffer[tensorScaleOffset] = q.scaleRule.gemmTensorScale(ts.tensorScale)
+        }
+
+        func operand(_ q: Quantizer, _ buffer: UnsafePointer<Float>, tokens T: Int, inFeatures K: Int) -> GEMMOperand {
+            GEMMOperand(codes: UnsafeRawPointer(buffer).assumingMemoryBound(to: UInt8.self), rows: T, cols: K,
+                        format: q.format, granularity: q.granularity, scales: buffer + scalesOffset,
+                        tensorScale: buffer[tensorScaleOffset])
+        }
+    }
+
+    /// Y = X_q·W_qᵀ + b with X_q's codes read from the operand buffer (`OperandCodes`).
+    static func forwardOnOperandCodes(_ buffer: UnsafePointer<Float>, tokens T: Int, inFeatures K: Int,
+                                      w: UnsafePointer<Float>, outFeatures N: Int, bias: UnsafePointer<Float>?,
+                                      recipe: LinearRecipe, y: UnsafeMutablePointer<Float>) throws {
+        guard let qx = recipe.input, let qw = recipe.weight, let layout = OperandCodes(qx, tokens: T, inFeatures: K) else {
+            throw FP4Error(.invalidState, "the X operand buffer holds no activation codes for the packed forward")
+        }
+        let wc = try CodedOperand(w, rows: N, cols: K, qw)
+        try wc.withOperand { try PackedGEMM.multiply(layout.operand(qx, buffer, tokens: T, inFeatures: K), $0, into: y) }
+        if let bias { addBias(bias, rows: T, cols: N, into: y) }
+    }
+
     /// Whether the input-gradient GEMM dX = Q_g(dY)·W_b runs on codes (it reduces along N, so
     /// W_b's groups must run along N: grouping along the reduction, or block2d tiles and tensor
     /// scales, which are the same groups for W and Wᵀ).
@@ -142,23 +200,10 @@ extension LinearLayer {
         }
     }
 
-    /// b[c, r] = a[r, c] for a [rows, cols], in cache-sized tiles; b's rows are `ldb` apart
-    /// (default rows; larger leaves padding columns untouched).
+    /// b[c, r] = a[r, c] for a [rows, cols]; b's rows are `ldb` apart (default rows; larger
+    /// leaves padding columns untouched). `TransposeKernel` picks the fastest kernel.
     static func transpose(_ a: UnsafePointer<Float>, rows: Int, cols: Int, into b: UnsafeMutablePointer<Float>,
                           ldb: Int? = nil) {
-        let ld = ldb ?? rows
-        let tile = 32
-        let rowTiles = (rows + tile - 1) / tile
-        Parallel.forChunks(count: rowTiles, grain: Parallel.grain(count: rowTiles, minItems: 4)) { range in
-            for rt in range {
-                let r0 = rt * tile, r1 = Swift.min(rows, r0 + tile)
-                var c0 = 0
-                while c0 < cols {
-                    let c1 = Swift.min(cols, c0 + tile)
-                    for r in r0..<r1 { for c in c0..<c1 { b[c * ld + r] = a[r * cols + c] } }
-                    c0 = c1
-                }
-            }
-        }
+        TransposeKernel.run(a, rows: rows, cols: cols, into: b, ldb: ldb)
     }
 }

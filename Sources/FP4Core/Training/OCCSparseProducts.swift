@@ -14,9 +14,18 @@ extension OCC {
     public static func csrMatmulTransposed(indptr: UnsafePointer<Int64>, indices: UnsafePointer<Int32>, values: UnsafePointer<Float>,
                                            rows: Int, cols: Int, w: UnsafePointer<Float>, n: Int, into y: UnsafeMutablePointer<Float>) {
         guard rows > 0, cols > 0, n > 0, indptr[rows] > indptr[0] else { return }
-        let (slot, used) = usedColumns(indptr: indptr, indices: indices, rows: rows, cols: cols)
+        var (slot, used) = usedColumns(indptr: indptr, indices: indices, rows: rows, cols: cols)
+        guard !used.isEmpty else { return }
+        // Most columns used (a per-tensor clamp of 2% of X touches nearly all of them): pack
+        // every column, so a panel is a plain transpose of w's rows (TransposeKernel, ~20%
+        // faster than the gather at T=2048, K=1024, N=4096); the packed values and the
+        // additions are the same.
+        let dense = used.count * 4 >= cols * 3
+        if dense {
+            slot = (0..<cols).map(Int32.init)
+            used = slot
+        }
         let u = used.count
-        guard u > 0 else { return }
         let jw = panelWidth(n: n, used: u)
         let panels = (n + jw - 1) / jw
         let rowBlocks = Swift.max(1, Swift.min(rows, (2 * Parallel.threadCount + panels - 1) / panels))
@@ -32,7 +41,10 @@ extension OCC {
                         let r0 = (task % rowBlocks) * rowsPer, r1 = Swift.min(rows, r0 + rowsPer)
                         guard r1 > r0, indptr[r1] > indptr[r0] else { continue }
                         // panel[s, j] = w[j0 + j, used[s]], 16 rows of w at a time.
-                        var jb = 0
+                        if dense {
+                            TransposeKernel.block(w + j0 * cols, lda: cols, panel, ldb: jw, rows: jn, cols: cols)
+                        }
+                        var jb = dense ? jn : 0
                         while jb < jn {
                             let je = Swift.min(jb + 16, jn)
                             for s in 0..<u {

@@ -1,5 +1,6 @@
 /*
- * ISA-specific micro-kernels of the packed FP4 GEMM (docs/numerics.md §11).
+ * ISA-specific micro-kernels of the packed FP4 GEMM (docs/numerics.md §11), and the
+ * layers' float32 transpose.
  *
  * Swift cannot enable CPU features per function, so the few loops that need AVX-512 VNNI or
  * AVX2 intrinsics live here, each compiled for its instruction set with a per-function
@@ -47,6 +48,10 @@ void fp4isa_gemm_tile_avx512vnni(const uint8_t *a, const int8_t *b, const int32_
 void fp4isa_gemm_tile_avx2(const uint8_t *a, const int8_t *b, const int32_t *corr,
                            const float *sa, const float *sb, int64_t groups, int64_t quads,
                            float post, float div, float *c, int64_t ldc, int64_t mr, int64_t nr);
+
+/* b[c * ldb + r] = a[r * lda + c] for r < rows, c < cols (the layers' float32 transposes:
+ * pure data movement, so every path gives the same bits). Needs FP4ISA_AVX2. */
+void fp4isa_transpose_f32_avx2(const float *a, int64_t lda, float *b, int64_t ldb, int64_t rows, int64_t cols);
 
 #ifdef __cplusplus
 }
