@@ -71,6 +71,9 @@ def test_verdict_says_within_noise_when_seed_ranges_overlap():
     assert verdict(SeedStats({0: 1.90, 1: 1.99, 2: 1.95}), ref) == "lower than fp32 beyond the seed spread"
     assert verdict(SeedStats({0: 2.11, 1: 2.30, 2: 2.2}), ref) == "higher than fp32 beyond the seed spread"
     assert verdict(SeedStats({0: 2.11, 1: math.nan}), ref).startswith("no verdict")
+    # ranges apart, but two seeds whose paired gaps disagree: the interval includes 0
+    assert verdict(SeedStats({0: 1.99, 1: 1.80}), SeedStats({0: 2.00, 1: 2.10})).startswith(
+        "within noise (the seed ranges separate, but the 95% interval includes 0")
 
 
 def test_sweep_picks_the_lowest_mean_and_skips_rates_where_a_seed_diverged():
@@ -88,6 +91,9 @@ def test_sweep_picks_the_lowest_mean_and_skips_rates_where_a_seed_diverged():
     assert best["x"]["gap"].per_seed == pytest.approx({0: (1.8 - 1.9) / 1.9 * 100, 1: (1.8 - 2.1) / 2.1 * 100})
     ties = Comparison(["a"], [1e-3, 2e-3], [0], {("a", 1e-3, 0): 2.0, ("a", 2e-3, 0): 2.0})
     assert ties.best_lr("a") == 1e-3  # a tie goes to the first rate given
+    # runs read together may hold a rate for fewer seeds: its mean is over the seeds it has
+    part = Comparison(["a"], [1e-3, 2e-3], [0, 1], {("a", 1e-3, 0): 2.0, ("a", 2e-3, 0): 2.2, ("a", 2e-3, 1): 2.4})
+    assert part.stats[("a", 1e-3)].n == 1 and part.best_lr("a") == 1e-3
 
 
 def test_summary_tables_from_hand_made_results():

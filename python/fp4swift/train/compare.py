@@ -4,12 +4,15 @@ reports.
 A run trains every recipe at every peak learning rate from every seed (a *trial* each). Trials
 with the same seed share the initialization and the data order, so a recipe's gap to fp32 is
 measured seed by seed (a paired comparison) and summarized by its mean and a 95% Student-t
-interval. The verdict is stricter than the interval: a recipe is called lower or higher than
-fp32 only when its seeds' range of final losses does not overlap fp32's ("beyond the seed
-spread"); otherwise it is "within noise". One seed gives no noise estimate, so no verdict.
+interval. The verdict asks for both: a recipe is called lower or higher than fp32 ("beyond the
+seed spread") only when its seeds' range of final losses does not overlap fp32's and the
+interval excludes 0; otherwise it is "within noise". One seed gives no noise estimate, so no
+verdict.
 
 A recipe's best learning rate is the rate with the lowest mean final validation loss over the
-seeds; a rate at which any seed diverged or did not finish is not eligible.
+seeds; a rate at which any seed diverged or did not finish is not eligible. Trials a run does
+not hold (runs read together by `fp4swift compare` may cover different seeds) are left out of
+the statistics rather than counted as failures.
 """
 from __future__ import annotations
 
@@ -104,17 +107,20 @@ def paired_gap(stats: SeedStats, ref: SeedStats) -> Optional[Gap]:
 
 
 def verdict(stats: SeedStats, ref: SeedStats, ref_name: str = "fp32") -> str:
-    """'lower than fp32' / 'higher than fp32' when the seed ranges do not overlap, 'within
-    noise' when they do, and why not otherwise."""
+    """'lower than fp32' / 'higher than fp32' when the seed ranges do not overlap and the paired
+    95% interval excludes 0, 'within noise' otherwise, and why there is no verdict when a seed
+    failed or there is only one."""
     if not stats.complete or not ref.complete:
         return "no verdict (a seed diverged or did not finish)"
     if stats.n < 2 or ref.n < 2:
         return "one seed: no noise estimate"
-    if stats.high < ref.low:
-        return f"lower than {ref_name} beyond the seed spread"
-    if stats.low > ref.high:
-        return f"higher than {ref_name} beyond the seed spread"
-    return "within noise"
+    separate = stats.high < ref.low or stats.low > ref.high
+    if not separate:
+        return "within noise"
+    gap = paired_gap(stats, ref)
+    if gap is None or not math.isfinite(gap.half_width) or gap.interval[0] <= 0 <= gap.interval[1]:
+        return "within noise (the seed ranges separate, but the 95% interval includes 0)"
+    return f"{'lower' if stats.high < ref.low else 'higher'} than {ref_name} beyond the seed spread"
 
 
 class Comparison:
@@ -123,9 +129,9 @@ class Comparison:
     def __init__(self, recipes: Sequence[str], rates: Sequence[float], seeds: Sequence[int],
                  finals: Dict[Tuple[str, float, int], float]) -> None:
         """finals: (recipe, lr, seed) -> final validation loss (nan: diverged or unfinished);
-        missing trials count as unfinished."""
+        a trial without an entry is left out (not run here)."""
         self.recipes, self.rates, self.seeds = list(recipes), list(rates), list(seeds)
-        self.stats = {(r, lr): SeedStats({s: finals.get((r, lr, s), math.nan) for s in self.seeds})
+        self.stats = {(r, lr): SeedStats({s: finals[(r, lr, s)] for s in self.seeds if (r, lr, s) in finals})
                       for r in self.recipes for lr in self.rates}
 
     def best_lr(self, recipe: str) -> Optional[float]:
@@ -190,7 +196,9 @@ class Comparison:
         return head + "; ".join(parts) + "."
 
 
-def format_pm(mean: float, std: float, n: int) -> str:
+def format_pm(mean: float, std: float, n: int, of: int = 0) -> str:
+    """'mean ± std' ('mean' for one seed), with '(n seeds)' when n is below `of`."""
     if not math.isfinite(mean):
         return "n/a"
-    return f"{mean:.4f}" if n < 2 else f"{mean:.4f} ± {std:.4f}"
+    text = f"{mean:.4f}" if n < 2 else f"{mean:.4f} ± {std:.4f}"
+    return text + (f" ({n} seed{'s' if n != 1 else ''})" if 0 < n < of else "")

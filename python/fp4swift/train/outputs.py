@@ -183,7 +183,7 @@ def _comparison_table(cmp: Comparison, results: Sequence[RecipeResult], cfg: Tra
         status = "; ".join(sorted({x.status(cfg.steps) for x in sel})) or "not started"
         gap = "+0.00%" if recipe == cmp.reference else _gap_text(r["gap"])  # type: ignore[arg-type]
         cells = [recipe, f"{lr:g}",
-                 format_pm(float(r["mean"]), float(r["std"]), int(r["seeds"]))]  # type: ignore[arg-type]
+                 format_pm(float(r["mean"]), float(r["std"]), int(r["seeds"]), len(cmp.seeds))]  # type: ignore[arg-type]
         if many:
             per = r["per_seed"]
             cells.append(", ".join(_f(per[s], ".4f") for s in sorted(per)))  # type: ignore[union-attr]
@@ -203,7 +203,8 @@ def _sweep_table(cmp: Comparison) -> List[str]:
         cells = []
         for lr in cmp.rates:
             st = cmp.stats[(recipe, lr)]
-            c = format_pm(st.mean, st.std, st.n) if st.complete else "diverged/unfinished"
+            c = format_pm(st.mean, st.std, st.n, len(cmp.seeds)) if st.complete else \
+                ("not run" if st.n == 0 else "diverged/unfinished")
             cells.append(f"**{c}**" if lr == best else c)
         lines.append(f"| {recipe} | " + " | ".join(cells) + f" | {'n/a' if best is None else f'{best:g}'} |")
     return lines
