@@ -200,8 +200,13 @@ SUMMARY_FIELDS = ("recipe", "final_val_loss", "gap_to_fp32_pct", "tokens_per_s",
 
 
 def write_summary(out: str, results: List[RecipeResult], cfg: TrainConfig, n_params: int,
-                  wall: Optional[float] = None, n_non_embedding: Optional[int] = None) -> str:
+                  wall: Optional[float] = None, n_non_embedding: Optional[int] = None,
+                  notes: Sequence[str] = ()) -> str:
+    """summary.md and summary.csv; `notes`: paragraphs appended to summary.md (e.g. how a
+    data-parallel run's sharding affects each recipe, train/distributed.py)."""
     table, md = summarize(results)
+    if notes:
+        md += "\n\n" + "\n\n".join(notes)
     mc = cfg.model_config()
     head = (f"fp4swift train: {n_params:,}-parameter "
             + (f"({n_non_embedding:,} non-embedding) " if n_non_embedding is not None else "")
