@@ -145,7 +145,7 @@ class Runner:
         cfg = self.cfg
         cfg.validate()
         check_recipes(cfg.recipes, cfg)
-        check_memory(cfg)
+        check_memory(cfg, dist.current().local_size)
         if self.out is not None and dist.is_writer():
             lock = RunLock(self.out)
             holder = lock.holder()
