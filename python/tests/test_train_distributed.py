@@ -368,6 +368,10 @@ def test_shard_dependence_names_whole_batch_statistics():
     assert "the per-tensor scale of dY" in dist.shard_dependence("fp8")
     # zhou2025's attention layers are fp8: their backward quantizers count too
     assert "the per-column scales of X in the dW GEMM (over the tokens)" in dist.shard_dependence("zhou2025")
+    # a target-precision schedule's target counts from the switch on
+    assert dist.shard_dependence("wang2025:occ_per=row:switch_at=0.5") == [
+        "after the switch to fp8, " + why for why in dist.shard_dependence("fp8")]
+    assert dist.shard_dependence("wang2025:occ_per=row:switch_at=0.5:switch_to=fp32") == []
 
 
 def test_memory_check_counts_the_processes_of_a_machine(monkeypatch):

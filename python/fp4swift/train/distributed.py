@@ -456,15 +456,23 @@ def _quantizer_reasons(name: str, q: Any) -> List[str]:
     return out
 
 
-def shard_dependence(spec: str) -> List[str]:
+def shard_dependence(spec: str, cfg: Optional[TrainConfig] = None) -> List[str]:
     """What of a recipe spec's numbers is computed over a process's shard of the batch rather
     than per token, so that sharding changes it (empty: fp32 and per-row recipes, which give the
     1-process numbers up to float32 summation order). Weights are the same on every rank, so
-    their quantizers never appear."""
-    from ..quantization import QuantizerSpec
-    from .recipes import resolve_recipe
+    their quantizers never appear. With cfg, a target-precision schedule's target counts too."""
+    from .recipes import recipe_schedule, resolve_recipe
 
-    r = resolve_recipe(spec)
+    reasons = _recipe_reasons(resolve_recipe(spec))
+    plan = recipe_schedule(spec, cfg or TrainConfig())
+    if plan is not None:
+        reasons += [f"after the switch to {plan[1]}, {why}" for why in shard_dependence(plan[1])]
+    return reasons
+
+
+def _recipe_reasons(r: Any) -> List[str]:
+    from ..quantization import QuantizerSpec
+
     if r is None:
         return []
     reasons: List[str] = []
@@ -501,7 +509,7 @@ def summary_notes(cfg: TrainConfig) -> List[str]:
              f"{w.size} processes."]
     same, changed = [], []
     for spec in cfg.recipes:
-        why = shard_dependence(spec)
+        why = shard_dependence(spec, cfg)
         if why:
             changed.append(f"**{spec}**: {', '.join(why)}")
         else:
