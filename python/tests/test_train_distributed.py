@@ -6,7 +6,12 @@ its rows, and DDP sums the gradients of per-rank losses divided by the global to
 update is the 1-process update up to float32 summation order (the forward GEMMs run on 2 rows
 instead of 4, the weight-gradient sums split in two). Over these 6-step runs the losses agree
 within RTOL = 1e-5 relative (measured on this project's Zen 4: below 1e-7) and the checkpoints'
-weights within 1e-5 absolute (measured: below 1e-6). An interrupted 2-rank run resumed with 2 ranks reproduces the uninterrupted one bit for
+weights within 1e-5 absolute (measured: below 1e-6); the first step's loss (the forward on the
+common initialization) within 1e-6. A recipe with a per-tensor OCC threshold (wang2025) is the
+control: its first loss already differs by about 2e-5, because each rank clamps at its own
+shard's quantile. (In longer runs a float32 difference can flip an FP4 rounding decision, and
+the flips grow: at the default model size the per-row recipe's losses differed by 1e-5 at step 5
+and 1e-3 at step 60, fp32's by at most 5e-6.) An interrupted 2-rank run resumed with 2 ranks reproduces the uninterrupted one bit for
 bit.
 
 Each run is a ~30k-parameter model for a few steps; a torchrun launch costs a few seconds of
@@ -51,6 +56,8 @@ def _has_fp4_torch() -> bool:
 
 #: fp32 and a per-row FP4 recipe: both shard-independent.
 RECIPES = ["fp32", "wang2025:occ_per=row"] if _has_fp4_torch() else ["fp32"]
+#: ... and the control, whose per-tensor OCC threshold sharding changes.
+SHARDED = ["wang2025"] if _has_fp4_torch() else []
 
 
 @pytest.fixture(scope="module")
@@ -142,22 +149,22 @@ def _assert_close_curves(a, b):
                     assert abs(x - y) <= RTOL * abs(x), (recipe, step, x, y)
 
 
-def _common(corpus, steps: int = 6):
-    return TINY + ["--recipes", ",".join(RECIPES), "--steps", str(steps), "--eval-every", "2",
+def _common(corpus, recipes=RECIPES):
+    return TINY + ["--recipes", ",".join(recipes), "--steps", "6", "--eval-every", "2",
                    "--checkpoint-every", "3", "--data", corpus]
 
 
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory, corpus) -> str:
     out = str(tmp_path_factory.mktemp("one") / "run")
-    assert cli.main(["train"] + _common(corpus) + ["--out", out]) == 0
+    assert cli.main(["train"] + _common(corpus, RECIPES + SHARDED) + ["--out", out]) == 0
     return out
 
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory, corpus) -> str:
     out = str(tmp_path_factory.mktemp("two") / "run")
-    p = _torchrun(_common(corpus) + ["--out", out])
+    p = _torchrun(_common(corpus, RECIPES + SHARDED) + ["--out", out])
     assert p.returncode == 0, p.stderr
     assert "data-parallel: 2 processes" in p.stdout
     # rank 0 alone logs and prints the summary
@@ -172,6 +179,12 @@ def two_ranks(tmp_path_factory, corpus) -> str:
 def test_two_ranks_equal_one_process(one_process, two_ranks):
     _assert_close_curves(one_process, two_ranks)
     for recipe in RECIPES:
+        first_a, first_b = _curves(one_process, recipe)[1][1], _curves(two_ranks, recipe)[1][1]
+        assert abs(first_a - first_b) <= 1e-6 * first_a, (recipe, first_a, first_b)
+    for recipe in SHARDED:  # the control: per-tensor OCC thresholds over each rank's shard
+        first_a, first_b = _curves(one_process, recipe)[1][1], _curves(two_ranks, recipe)[1][1]
+        assert abs(first_a - first_b) > 1e-6 * first_a, (recipe, first_a, first_b)
+    for recipe in RECIPES:
         a = load_checkpoint(os.path.join(one_process, recipe, "checkpoint.pt"))
         b = load_checkpoint(os.path.join(two_ranks, recipe, "checkpoint.pt"))
         assert a["step"] == b["step"] == 6 and b["world_size"] == 2 and a["world_size"] == 1
@@ -185,6 +198,9 @@ def test_two_ranks_equal_one_process(one_process, two_ranks):
     summary = open(os.path.join(two_ranks, "summary.md")).read()
     assert "Data-parallel over 2 processes" in summary and "tokens/s counts the tokens of all 2 processes" in summary
     assert f"{', '.join(RECIPES)}: no statistics over the batch" in summary
+    if SHARDED:
+        assert "Sharding changes the numbers of these recipes" in summary
+        assert "**wang2025**: the per-tensor OCC threshold (the 0.99-quantile of |X|)" in summary
     assert "Data-parallel" not in open(os.path.join(one_process, "summary.md")).read()
 
 
