@@ -205,21 +205,42 @@ def test_two_ranks_equal_one_process(one_process, two_ranks):
 
 
 def test_checkpoints_are_interchangeable(tmp_path, corpus, one_process):
-    """Stopped after 3 steps with 2 ranks, finished in 1 process; and the other way round
-    (with `fp4swift train --nproc 2`): both equal the 1-process run."""
-    two_then_one = str(tmp_path / "two_then_one")
-    p = _torchrun(_common(corpus) + ["--out", two_then_one, "--stop-after", "3"])
-    assert p.returncode != 0 and "exitcode  : 130" in p.stderr, p.stderr  # torchrun exits 1 if a worker did not 0
-    assert f"fp4swift train --resume --out {two_then_one}" in p.stderr
+    """Across process counts and machines: 2 ranks started by two torchrun agents with --nnodes 2,
+    each in its own working directory as on two machines, stopped after 3 steps, finished by one
+    process; and a 1-process run stopped after 3 steps, finished by the two "machines". Only rank
+    0's machine ever gets a run directory (the other reads config.json and the checkpoints
+    through rank 0), and both runs equal the 1-process run."""
+    machines = [tmp_path / "a", tmp_path / "b"]
+    for m in machines:
+        m.mkdir()
+
+    def two_machines(args):
+        port = _free_port()
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
+               "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", f"--rdzv-id=t19-{port}",
+               "-m", "fp4swift", "train", *args]
+        procs = [subprocess.Popen(cmd, cwd=m, env=_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                 for m in machines]
+        outs = _finish(procs)
+        return [p.returncode for p in procs], outs
+
+    codes, outs = two_machines(_common(corpus) + ["--out", "two_then_one", "--stop-after", "3"])
+    assert all(c != 0 for c in codes), outs  # the workers exit 130 (interrupted); torchrun then 1
+    written = [m for m in machines if (m / "two_then_one").exists()]
+    assert len(written) == 1, outs
+    two_then_one = str(written[0] / "two_then_one")
+    assert any(f"fp4swift train --resume --out two_then_one" in err for _, err in outs)
     rc = cli.main(["train", "--resume", "--out", two_then_one, "--no-progress", "--threads", "1"])
     assert rc == 0
     _assert_close_curves(one_process, two_then_one)
 
-    one_then_two = str(tmp_path / "one_then_two")
+    writer = written[0]
+    one_then_two = str(writer / "one_then_two")
     assert cli.main(["train"] + _common(corpus) + ["--out", one_then_two, "--stop-after", "3"]) == 130
-    p = _fp4swift(["--resume", "--out", one_then_two, "--no-progress", "--threads", "1", "--nproc", "2"])
-    assert p.returncode == 0, p.stderr
-    assert "the run used 1 process(es), this session 2" in p.stdout
+    codes, outs = two_machines(["--resume", "--out", "one_then_two", "--no-progress", "--threads", "1"])
+    assert codes == [0, 0], outs
+    assert any("the run used 1 process(es), this session 2" in out for out, _ in outs)
+    assert not any((m / "one_then_two").exists() for m in machines if m != writer)
     _assert_close_curves(one_process, one_then_two)
 
 
@@ -235,10 +256,10 @@ def test_interrupted_two_rank_run_resumes_exactly(tmp_path, corpus):
     out = str(tmp_path / "sig")
     proc = subprocess.Popen([sys.executable, "-m", "fp4swift", "train", *common, "--out", out, "--nproc", "2"],
                             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in proc.stdout:  # rank 0's "output:" line comes once the ranks' Ctrl-C handlers are installed
-        if line.startswith("output:"):
-            break
-    time.sleep(1.0)
+    deadline = time.monotonic() + 120
+    while not os.path.exists(os.path.join(out, "fp32", "metrics.csv")):  # written at step 10: mid-run
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
     so, se = proc.communicate(timeout=HARD_TIMEOUT)
     if proc.returncode == 0:
