@@ -409,6 +409,16 @@ def test_shard_dependence_names_whole_batch_statistics():
     assert dist.shard_dependence("wang2025:occ_per=row:switch_at=0.5") == [
         "after the switch to fp8, " + why for why in dist.shard_dependence("fp8")]
     assert dist.shard_dependence("wang2025:occ_per=row:switch_at=0.5:switch_to=fp32") == []
+    assert dist.shard_dependence("zhou2025:switch_at=0.5") == dist.shard_dependence("zhou2025")  # fp8 adds nothing
+    # each rank draws its own stochastic roundings: rank r's call counter starts at r·2^40
+    from fp4swift import linear
+
+    saved = linear._CALLS
+    try:
+        dist._decorrelate_draws(3)
+        assert next(linear._CALLS) == 3 << 40
+    finally:
+        linear._CALLS = saved
 
 
 def test_memory_check_counts_the_processes_of_a_machine(monkeypatch):

@@ -21,7 +21,10 @@ shard: `shard_dependence` names them, and the summary says so. The logged traini
 all-reduced global mean; validation batches are dealt round-robin to the ranks, each evaluated
 whole, and the sum all-reduced (the same value as one process up to float64 summation order).
 Initialization, data order and learning-rate schedule are functions of (seed, step), identical on
-every rank.
+every rank. Stochastic rounding and Quartet's random signs draw per call from a process-wide
+counter; rank r's starts at r·2^40, so rank 0 draws as one process does and the others draw
+their own (`_decorrelate_draws`). Threads: each rank gets --threads, at most
+cores // (ranks on its machine) (`rank_threads`; the default stays 1).
 
 Rank 0 (`is_writer()`) alone writes the run directory (config.json, metrics, checkpoints, plot,
 summary) and prints; a resumed run's config.json and checkpoints are read by rank 0 and sent to
@@ -33,7 +36,7 @@ Failures: setup errors on any rank (bad flags, missing data) reach every rank (`
 prints them as one line; the ranks' flags must be equal (`check_same_flags`). Every collective
 waits at most --dist-timeout seconds (FP4SWIFT_DIST_TIMEOUT, default 120): a rank that dies makes
 the others fail at once (gloo sees the connection close), one that hangs makes them fail after
-the timeout; rank 0 then prints one line and every rank exits with status 3.
+the timeout; rank 0 then prints one line and the surviving ranks exit with status 3.
 """
 from __future__ import annotations
 
@@ -452,7 +455,7 @@ def _quantizer_reasons(name: str, q: Any) -> List[str]:
     if q.scale_rule.startswith("nvfp4") and gran != "tensor":
         out.append(f"the per-tensor scale S of {name} (two-level NVFP4 scales)")
     if q.rounding == "stochastic":
-        out.append(f"the stochastic rounding of {name} (draws by position in the shard)")
+        out.append(f"the stochastic rounding of {name} (each process draws its own)")
     return out
 
 
@@ -466,7 +469,7 @@ def shard_dependence(spec: str, cfg: Optional[TrainConfig] = None) -> List[str]:
     reasons = _recipe_reasons(resolve_recipe(spec))
     plan = recipe_schedule(spec, cfg or TrainConfig())
     if plan is not None:
-        reasons += [f"after the switch to {plan[1]}, {why}" for why in shard_dependence(plan[1])]
+        reasons += [f"after the switch to {plan[1]}, {why}" for why in shard_dependence(plan[1]) if why not in reasons]
     return reasons
 
 
