@@ -264,6 +264,17 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "(its config.json is used; training flags may not change)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     t.add_argument("--stop-after", type=int, help=argparse.SUPPRESS)  # tests: act as Ctrl-C after N steps
+    dp = t.add_argument_group("several processes (data-parallel; see README, 'Several processes')")
+    dp.add_argument("--nproc", type=int, metavar="P",
+                    help="train data-parallel in P processes on this machine: starts torchrun's engine "
+                         "(torch.distributed.run --standalone) on `python -m fp4swift train` with the other flags. "
+                         "--batch-size is the global batch (a multiple of P); each process trains on its share "
+                         "and DistributedDataParallel sums the gradients over gloo. Several machines: run "
+                         "`torchrun --nnodes N --nproc-per-node P --rdzv-backend c10d --rdzv-endpoint HOST:PORT "
+                         "-m fp4swift train ...` on each")
+    dp.add_argument("--dist-timeout", type=float, metavar="SECONDS",
+                    help="under torchrun: how long a process waits for the others in a collective before the "
+                         "run fails (default $FP4SWIFT_DIST_TIMEOUT or 120)")
     t.set_defaults(func=_cmd_train)
 
     fi = sub.add_parser("fidelity", help="Wang et al. Table 1 (OCC clamp/compensation fidelity) on the model's "
@@ -387,9 +398,13 @@ def _needs_torch(cmd: str) -> bool:
 def _cmd_train(args: argparse.Namespace) -> int:
     if not _needs_torch("train"):
         return 2
+    from .train import distributed
+
+    if args.nproc is not None:
+        return distributed.launch(args.nproc, args._argv)
     from .train.runner import train_command
 
-    return train_command(args)
+    return distributed.run_rank(train_command, args)
 
 
 def _cmd_fidelity(args: argparse.Namespace) -> int:
@@ -430,6 +445,7 @@ def _cmd_cost(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    args._argv = list(sys.argv[1:] if argv is None else argv)  # `train --nproc` starts the others with these
     try:
         status = int(args.func(args))
         sys.stdout.flush()

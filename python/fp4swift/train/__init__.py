@@ -12,6 +12,11 @@ of Wang et al. (`fp4swift fidelity`), and a scaling-law fit over finished runs
     threads.py   thread budgets of torch, the Swift core and OpenBLAS
     outputs.py   a run directory's files: metrics.csv, checkpoints, summary, run.json
     runner.py    `fp4swift train`: the recipes in turns of 10 steps, resume, Ctrl-C
+    distributed.py  `fp4swift train` data-parallel under torchrun (`--nproc P` on one machine,
+                 `torchrun ... -m fp4swift train` on several): DistributedDataParallel over gloo,
+                 the global batch split across the ranks, rank 0 alone writes; recipes with
+                 whole-batch statistics (per-tensor OCC thresholds or scales) are changed by the
+                 sharding, and the summary says so
     plots.py     loss-curve and scaling-law PNGs
     fidelity.py  Table 1 of Wang et al. on this model's linear-layer inputs
     scaling.py   L(N, D) = (A/(N·effN)^α + B/(D·effD)^β)^γ + E fitted to finished runs

@@ -91,6 +91,6 @@ def compare_command(args: Any) -> int:
     rates = ",".join(f"{v:g}" for v in cfg.learning_rates)
     print(f"{len(results)} trials from {len(args.runs)} run(s): {cfg.d_model}-wide, {cfg.layers} layers, "
           f"{cfg.steps} steps x batch {cfg.batch_size} x seq {cfg.seq_len}, lr {rates}, seeds "
-          f"{','.join(map(str, seeds))}{'' if cfg.init == 'normal' else f', init {cfg.init}'}\n")
+          f"{','.join(map(str, seeds))}, init {cfg.init}\n")
     print(md)
     return 0

@@ -115,12 +115,16 @@ def available_bytes() -> Optional[int]:
     return avail
 
 
-def check_memory(cfg: TrainConfig) -> MemoryEstimate:
-    """RunError when the run's estimate exceeds HEADROOM of the available memory."""
+def check_memory(cfg: TrainConfig, processes: int = 1) -> MemoryEstimate:
+    """RunError when the run's estimate exceeds HEADROOM of the available memory. processes:
+    the data-parallel processes on this machine (train/distributed.py), each holding every
+    recipe's model and optimizer (the estimate counts each one's activations at the full batch:
+    an upper end)."""
     est = estimate(cfg)
     avail = available_bytes()
-    if avail is not None and est.total_bytes > HEADROOM * avail:
-        raise RunError(f"this run needs about {est.describe()}; only {gb(avail)} of memory is available. "
+    if avail is not None and est.total_bytes * processes > HEADROOM * avail:
+        per = f" per process, x {processes} processes on this machine" if processes > 1 else ""
+        raise RunError(f"this run needs about {est.describe()}{per}; only {gb(avail)} of memory is available. "
                        f"Use a smaller --d-model, --layers, --batch-size, --seq-len or --eval-batches, "
                        f"or fewer --recipes, --lr rates or --seeds")
     return est

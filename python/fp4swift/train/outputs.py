@@ -233,8 +233,8 @@ def summarize(results: List[RecipeResult], cfg: TrainConfig,
     lines.append("")
     lines.append("gap = (val - val_fp32) / val_fp32, taken seed by seed (same initialization and data order) and "
                  "averaged; the interval is a 95% Student-t interval over seeds. A recipe is called lower or higher "
-                 "than fp32 only when its seeds' range of final losses does not overlap fp32's; otherwise it is "
-                 "within noise. tokens/s = training tokens / time in training steps (evaluation excluded), over all "
+                 "than fp32 only when its seeds' range of final losses does not overlap fp32's and the interval "
+                 "excludes 0; otherwise it is within noise. tokens/s = training tokens / time in training steps (evaluation excluded), over all "
                  "seeds; relative cost = tokens/s of fp32 / tokens/s of the recipe. "
                  "FP4 GEMMs whose operands are both FP4 codes run on the codes with integer SIMD (recipe gemm='packed', "
                  "the default; numerics.md §11), the others on fake-quantized float32 operands with OpenBLAS; fp32 "
@@ -308,15 +308,20 @@ def _csv(fields: Sequence[str], rows: List[Dict[str, Any]]) -> str:
 
 
 def write_summary(out: str, results: List[RecipeResult], cfg: TrainConfig, n_params: int,
-                  wall: Optional[float] = None, n_non_embedding: Optional[int] = None) -> str:
-    """DIR/summary.md (returned), summary.csv (every trial) and comparison.csv (every recipe)."""
+                  wall: Optional[float] = None, n_non_embedding: Optional[int] = None,
+                  notes: Sequence[str] = ()) -> str:
+    """DIR/summary.md (returned), summary.csv (every trial) and comparison.csv (every recipe);
+    `notes`: paragraphs appended to summary.md (e.g. how a data-parallel run's sharding affects
+    each recipe, train/distributed.py)."""
     cmp, md = summarize(results, cfg)
+    if notes:
+        md += "\n\n" + "\n\n".join(notes)
     mc = cfg.model_config()
     rates = ",".join(f"{v:g}" for v in cfg.learning_rates)
     head = (f"fp4swift train: {n_params:,}-parameter "
             + (f"({n_non_embedding:,} non-embedding) " if n_non_embedding is not None else "")
             + f"{mc.label} byte-level model (d_model {cfg.d_model}, {cfg.layers} layers, {cfg.heads} heads, "
-            f"seq {cfg.seq_len}{'' if cfg.init == 'normal' else f', init {cfg.init}'}), "
+            f"seq {cfg.seq_len}, init {cfg.init}), "
             f"{cfg.steps} steps x batch {cfg.batch_size} = {cfg.steps * cfg.tokens_per_step:,} tokens, "
             f"lr {rates}, seed{'s' if cfg.seeds > 1 else ''} {','.join(map(str, cfg.seed_list))}, "
             f"data: {cfg.data or 'Python stdlib .py files'}"

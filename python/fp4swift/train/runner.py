@@ -55,6 +55,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import distributed as dist
 from .config import CONFIG_FLAGS, Interrupted, RunError, TrainConfig, config_from_args
 from .trials import Trial
 from .data import Corpus, DataError, check_seq_len, load_corpus, val_batches
@@ -78,6 +79,7 @@ class _StopFlag:
 
     def __init__(self, stop_after: Optional[int], say: Callable[[str], None]) -> None:
         self.requested = False
+        self.signalled = False             # a signal arrived (under torchrun: step_done agrees on it)
         self.signum: Optional[int] = None  # the signal that asked to stop (None: --stop-after)
         self.stop_after = stop_after
         self.steps_this_session = 0
@@ -98,17 +100,26 @@ class _StopFlag:
         self._old = {}
 
     def _handler(self, signum: int, frame: Any) -> None:
-        if self.requested:
+        if self.requested or self.signalled:
             raise KeyboardInterrupt
-        self.requested = True
+        self.signalled = True
         self.signum = signum
-        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        if not dist.current().distributed:  # several ranks stop together, at the step step_done agrees on
+            self.requested = True
+            self._said()
+
+    def _said(self) -> None:
+        name = "Ctrl-C" if self.signum == signal.SIGINT else signal.Signals(self.signum or signal.SIGTERM).name
         self.say(f"{name}: stopping after the current step and writing a checkpoint ({name} again to abort)")
 
     def step_done(self) -> bool:
         self.steps_this_session += 1
         if self.stop_after is not None and self.steps_this_session >= self.stop_after:
             self.requested = True
+        if dist.current().distributed and not self.requested:
+            self.requested = dist.any_rank(self.signalled)
+            if self.requested and self.signalled:
+                self._said()
         return self.requested
 
 
@@ -146,14 +157,15 @@ class Runner:
         cfg = self.cfg
         cfg.validate()
         check_recipes(cfg.recipes, cfg)
-        check_memory(cfg)
-        if self.out is not None:
+        check_memory(cfg, dist.current().local_size)
+        if self.out is not None and dist.is_writer():
             lock = RunLock(self.out)
             holder = lock.holder()
             if holder is not None:
                 raise lock.in_use(holder)
-        check_writable(self.out or self.runs_root, self.trial_dirs() if self.out else ())
-        if self.resume:
+        if dist.is_writer():  # rank 0 alone writes the run directory (train/distributed.py)
+            check_writable(self.out or self.runs_root, self.trial_dirs() if self.out else ())
+        if self.resume and dist.is_writer():
             self._check_checkpoints()
         try:
             self.corpus = load_corpus(cfg.data)
@@ -164,7 +176,8 @@ class Runner:
         self.base = self.base_model(cfg.seed)
         for r in cfg.recipes:  # convert and run each layer shape now, so a recipe fails before training
             check_layer_shapes(prepare_model(self.base, r), r, cfg)
-        if self.out is not None and not self.resume and os.path.exists(os.path.join(self.out, "config.json")):
+        if self.out is not None and not self.resume and dist.is_writer() and \
+                os.path.exists(os.path.join(self.out, "config.json")):
             raise RunError(f"{self.out} already holds a run; continue it with --resume or choose another --out")
 
     def trial_dirs(self) -> List[str]:
@@ -218,6 +231,8 @@ class Runner:
     def open_dir(self) -> None:
         """Creates the run directory (atomically: two runs never share one), takes its lock,
         removes temporary files an interrupted write left, and creates the recipes' folders."""
+        if not dist.is_writer():  # the other ranks learn rank 0's directory in run()
+            return
         if self.out is None:
             self.out = create_default_dir(self.runs_root)
         else:
@@ -246,6 +261,7 @@ class Runner:
         assert self.corpus is not None and self.base is not None
         if self.lock is None:
             self.open_dir()
+        self.out = dist.from_writer(lambda: self.out)
         with _StopFlag(self.stop_after, self._say) as stop:
             self.stop = stop
             return self._run(stop)
@@ -253,12 +269,12 @@ class Runner:
     def _run(self, stop: "_StopFlag") -> List[RecipeResult]:
         assert self.corpus is not None and self.base is not None and self.out is not None
         cfg = self.cfg
-        if not self.resume:
+        if not self.resume and dist.is_writer():
             path = os.path.join(self.out, "config.json")
             with writing(path):
                 atomic_write_text(path, json.dumps(dict(cfg.to_dict(), corpus=self.corpus.fingerprint()),
                                                    indent=2) + "\n")
-        if self.point_latest:
+        if self.point_latest and dist.is_writer():
             update_latest_link(self.out)
         n_params = count_parameters(self.base)
         self.write_run_json([])
@@ -268,17 +284,21 @@ class Runner:
                  f"({count_parameters(self.base, exclude_embeddings=True):,} without the embedding)")
         self.log(f"data: {self.corpus.describe()}")
         note = self.corpus.skipped_note()
-        if note:
+        if note and dist.is_writer():
             print(f"fp4swift train: warning: {note}", file=sys.stderr)
         rates, seeds = cfg.learning_rates, cfg.seed_list
         self.log(f"training: {cfg.steps} steps x {cfg.batch_size} x {cfg.seq_len} tokens "
                  f"= {cfg.steps * cfg.batch_size * cfg.seq_len:,} tokens per trial; AdamW lr "
                  f"{','.join(f'{v:g}' for v in rates)}, warmup {cfg.warmup_steps}, cosine to {cfg.min_lr_ratio:g}x; "
                  f"seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}"
-                 f"{'' if cfg.init == 'normal' else f'; init {cfg.init}'}; "
+                 f"; init {cfg.init}; "
                  f"{len(cfg.trials())} trial(s) (recipe x rate x seed); "
                  f"threads {self.threads} (fp32: {describe_threads(self.threads, False)}; FP4 recipes: "
                  f"{describe_threads(self.threads, True)})")
+        if dist.current().distributed:
+            self.log(dist.describe(cfg, self.threads))
+            for line in dist.summary_notes(cfg)[1:]:
+                self.log(f"note: {line}")
         self.log(f"output: {self.out}")
         vals = val_batches(self.corpus.val, cfg.eval_batches, cfg.batch_size, cfg.seq_len)
         trials = cfg.trials()
@@ -306,11 +326,15 @@ class Runner:
     def write_run_json(self, results: List["RecipeResult"]) -> None:
         """DIR/run.json (see the module docstring) from the recipes finished so far."""
         assert self.base is not None and self.out is not None
+        if not dist.is_writer():
+            return
         path = os.path.join(self.out, "run.json")
         with writing(path):
             atomic_write_text(path, json.dumps(run_metadata(self.cfg, self.base, results), indent=2) + "\n")
 
     def _say(self, msg: str) -> None:
+        if not dist.is_writer():
+            return
         try:
             from tqdm import tqdm
 
@@ -320,17 +344,22 @@ class Runner:
 
     def _checkpoint(self, run: "_RecipeRun", done: bool, diverged_at: Optional[int] = None) -> None:
         """The recipe's checkpoint.pt and metrics.csv as of its current step."""
+        dist.check_in_sync(run.model, f"{run.label} at step {run.step}")
         with writing(run.ckpt_path):
             self._save_checkpoint(run, done, diverged_at)
         self.checkpointed[run.label] = run.step
         self._write_metrics(run)
 
     def _write_metrics(self, run: "_RecipeRun") -> None:
+        if not dist.is_writer():
+            return
         path = os.path.join(os.path.dirname(run.ckpt_path), "metrics.csv")
         with writing(path):
             atomic_write_text(path, metrics_csv(run.rows))
 
     def _save_checkpoint(self, run: "_RecipeRun", done: bool, diverged_at: Optional[int]) -> None:
+        if not dist.is_writer():
+            return
         atomic_torch_save({
             "version": CHECKPOINT_VERSION,
             "recipe": run.recipe,
@@ -348,6 +377,7 @@ class Runner:
             "diverged_at": diverged_at,
             "config": self.cfg.to_dict(),
             "threads": self.threads,
+            "world_size": dist.current().size,  # processes of the session (the state is the same for any)
         }, run.ckpt_path)
 
     def _open_recipe(self, t: Trial) -> "_RecipeRun":
@@ -357,7 +387,8 @@ class Runner:
         cfg = self.cfg.for_trial(t)
         recipe, label = t.recipe, self.cfg.trial_label(t)
         rdir = os.path.join(self.out, self.cfg.trial_dir(t))
-        create_dir(rdir)
+        if dist.is_writer():
+            create_dir(rdir)
         model = prepare_model(self.base_model(t.seed), recipe)
         fp4 = resolve_recipe(recipe) is not None
         configure_threads(self.threads, fp4=fp4)
@@ -371,8 +402,9 @@ class Runner:
         model.train()
         run = _RecipeRun(recipe, label, cfg, os.path.join(rdir, "checkpoint.pt"), model, make_optimizer(model, cfg),
                          fp4, plan, schedule, switch)
-        if self.resume and os.path.exists(run.ckpt_path):
-            ck = load_checkpoint(run.ckpt_path)
+        ck = dist.from_writer(lambda: load_checkpoint(run.ckpt_path) if self.resume and os.path.exists(run.ckpt_path)
+                              else None)  # rank 0 reads it, every rank loads it
+        if ck is not None:
             self._check_checkpoint(run.ckpt_path, t, ck)
             model.load_state_dict(ck["model"])
             run.opt.load_state_dict(ck["optimizer"])
@@ -385,6 +417,11 @@ class Runner:
                 if ck.get("threads") not in (None, self.threads):
                     self.log(f"[{label}] note: the run used {ck['threads']} threads, this session {self.threads}; "
                              f"BLAS results can differ in the last bits with the thread count (--threads)")
+                if ck.get("world_size", 1) != dist.current().size:
+                    self.log(f"[{label}] note: the run used {ck.get('world_size', 1)} process(es), this session "
+                             f"{dist.current().size}; sums differ in the last bits, and recipes with whole-batch "
+                             f"statistics see other shards (train/distributed.py)")
+        run.ddp = dist.wrap(model)
         return run
 
     def _train_step(self, run: "_RecipeRun", vals: List[Tuple[np.ndarray, np.ndarray]]) -> Dict[str, Any]:
@@ -396,7 +433,7 @@ class Runner:
         if run.schedule is not None and run.schedule.step(run.step):
             self._say(f"[{run.label}] step {run.step}: switched every quantized layer to {run.plan[1]} "
                       f"(target-precision schedule, switch_at {run.plan[0]:g})")
-        loss_v, dt = train_step(run.model, run.opt, cfg, self.corpus.train, run.step)
+        loss_v, dt = train_step(run.model, run.opt, cfg, self.corpus.train, run.step, ddp=run.ddp)
         run.step += 1
         run.train_time += dt
         row: Dict[str, Any] = {"step": run.step, "train_loss": loss_v, "val_loss": None,
@@ -497,6 +534,7 @@ class _RecipeRun:
     wall: float = 0.0
     diverged_at: Optional[int] = None
     done: bool = False
+    ddp: Any = None                           # its DistributedDataParallel wrapper under torchrun
 
     def result(self) -> RecipeResult:
         return RecipeResult(self.recipe, self.rows, self.train_time, self.step * self.cfg.tokens_per_step,
@@ -511,7 +549,7 @@ def _is_terminal(stream: Any) -> bool:
 
 
 def _err(msg: str) -> int:
-    print(f"fp4swift train: error: {msg}", file=sys.stderr)
+    dist.report(msg)  # under torchrun every rank fails alike (train/distributed.py): rank 0 says it
     return 2
 
 
@@ -544,11 +582,10 @@ def train_command(args: Any) -> int:
     if args.resume:
         out = _display_path(args.out or os.path.join("runs", "latest"))
         cfg_path = os.path.join(out, "config.json")
-        if not os.path.isfile(cfg_path):
+        if not dist.from_writer(os.path.isfile, cfg_path):
             return _err(f"nothing to resume: {cfg_path} does not exist")
         try:
-            with open(cfg_path) as fh:
-                raw = json.load(fh)
+            raw = json.loads(dist.from_writer(dist.read_text, cfg_path))  # rank 0 reads it for every rank
             stored = TrainConfig.from_dict(raw)
         except (OSError, ValueError, TypeError, AttributeError) as e:
             return _err(f"cannot read {cfg_path}: {e}")
@@ -570,34 +607,51 @@ def train_command(args: Any) -> int:
             return _err(str(e))
         point_latest = args.out is None
         out_dir = args.out
-    runner = Runner(cfg, out_dir, resume=bool(args.resume), progress=not args.no_progress,
+    try:
+        dist.check_batch(cfg)
+    except RunError as e:
+        return _err(str(e))
+    threads, note = dist.rank_threads(args.threads)
+    if note and dist.is_writer():
+        print(f"fp4swift train: note: {note}", file=sys.stderr)
+    runner = Runner(cfg, out_dir, resume=bool(args.resume), progress=not args.no_progress and dist.is_writer(),
                     stop_after=getattr(args, "stop_after", None), point_latest=point_latest,
-                    threads=args.threads, stored_corpus=stored_corpus)
+                    threads=threads, stored_corpus=stored_corpus, log=print if dist.is_writer() else (lambda s: None))
     try:
         return _train(runner, cfg, args, t_start)
     except WriteError as e:
         return _write_failed(e, runner)
     except RunError as e:
         return _err(str(e))
+    except RuntimeError as e:
+        if not dist.is_comm_failure(e):
+            raise
+        _err(dist.lost_contact(e, runner.out, runner.checkpointed, runner.resume_message()))
+        return dist.LOST_CONTACT_STATUS
     finally:
         runner.close()
 
 
 def _train(runner: "Runner", cfg: TrainConfig, args: Any, t_start: float) -> int:
     try:
-        runner.prepare()
+        dist.agree(runner.prepare)  # under torchrun: a rank that cannot start stops every rank
+        dist.check_same("data", runner.corpus.fingerprint() if runner.corpus is not None else None)
         results = runner.run()
     except Interrupted as e:
         sig = runner.stop.signum if runner.stop is not None else None
-        print(f"fp4swift train: interrupted ({e}); checkpoint written. Resume with:\n  {runner.resume_message()}",
-              file=sys.stderr)
+        if dist.is_writer():
+            print(f"fp4swift train: interrupted ({e}); checkpoint written. Resume with:\n  {runner.resume_message()}",
+                  file=sys.stderr)
         return 128 + (sig or signal.SIGINT)
     except KeyboardInterrupt:
-        print(f"fp4swift train: aborted; the last periodic checkpoints in {runner.out} are intact. Resume with:\n  "
-              f"{runner.resume_message()}", file=sys.stderr)
+        if dist.is_writer():
+            print(f"fp4swift train: aborted; the last periodic checkpoints in {runner.out} are intact. Resume with:\n  "
+                  f"{runner.resume_message()}", file=sys.stderr)
         return 130
     out = runner.out
     assert out is not None
+    if not dist.is_writer():  # rank 0 writes the plot and the summary
+        return 1 if results and all(r.diverged_at is not None for r in results) else 0
     n_params = count_parameters(runner.base) if runner.base is not None else 0
     n_non_emb = count_parameters(runner.base, exclude_embeddings=True) if runner.base is not None else 0
     from .plots import plot_losses
@@ -616,7 +670,8 @@ def _train(runner: "Runner", cfg: TrainConfig, args: Any, t_start: float) -> int
                                 f"byte-level")
     wall = time.perf_counter() - t_start
     with writing(os.path.join(out, "summary.md")):
-        md = write_summary(out, results, cfg, n_params, wall if not args.resume else None, n_non_emb)
+        md = write_summary(out, results, cfg, n_params, wall if not args.resume else None, n_non_emb,
+                           notes=dist.summary_notes(cfg))
     print()
     print(md)
     print()
