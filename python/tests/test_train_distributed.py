@@ -431,3 +431,21 @@ def test_memory_check_counts_the_processes_of_a_machine(monkeypatch):
     check_memory(cfg)  # one process fits
     with pytest.raises(RunError, match="per process, x 2 processes on this machine"):
         check_memory(cfg, processes=2)
+
+
+def test_two_ranks_train_every_trial_of_a_multi_seed_sweep(tmp_path, corpus):
+    """Trials (recipe x rate x seed) under torchrun: the same folders and the same curves as in
+    one process, within the same tolerance."""
+    args = TINY + ["--recipes", "fp32", "--steps", "4", "--eval-every", "2", "--data", corpus, "--seeds", "2",
+                   "--lr", "2e-3,4e-3"]
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    assert cli.main(["train"] + args + ["--out", one]) == 0
+    p = _torchrun(args + ["--out", two])
+    assert p.returncode == 0, p.stderr
+    for trial in ("fp32/lr0.002/seed0", "fp32/lr0.002/seed1", "fp32/lr0.004/seed0", "fp32/lr0.004/seed1"):
+        ca, cb = _curves(one, trial), _curves(two, trial)
+        assert [c[0] for c in ca] == [c[0] for c in cb] == [0, 1, 2, 3, 4], trial
+        for (_, ta, va), (_, tb, vb) in zip(ca, cb):
+            for x, y in ((ta, tb), (va, vb)):
+                assert (x is None and y is None) or abs(x - y) <= RTOL * abs(x), (trial, x, y)
+    assert "Learning-rate sweep" in open(os.path.join(two, "summary.md")).read()
