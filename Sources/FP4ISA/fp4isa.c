@@ -16,7 +16,7 @@ static uint64_t xcr0(void) {
     return ((uint64_t)hi << 32) | lo;
 }
 
-int32_t fp4isa_cpu_has(int32_t isa) {
+static int32_t cpu_has_uncached(int32_t isa) {
     unsigned a, b, c, d;
     if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
     const int osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, fma = (c >> 12) & 1;
@@ -36,6 +36,20 @@ int32_t fp4isa_cpu_has(int32_t isa) {
     default:
         return 0;
     }
+}
+
+// The answers never change while the process runs, and cpuid is slow where a hypervisor traps
+// it (microseconds): PackedGEMM asks on every GEMM call, so each answer is read once and kept.
+// Two threads that race on the first call store the same value.
+int32_t fp4isa_cpu_has(int32_t isa) {
+    static int32_t known[4] = {-1, -1, -1, -1};
+    if (isa < 0 || isa >= 4) return cpu_has_uncached(isa);
+    int32_t v = __atomic_load_n(&known[isa], __ATOMIC_RELAXED);
+    if (v < 0) {
+        v = cpu_has_uncached(isa);
+        __atomic_store_n(&known[isa], v, __ATOMIC_RELAXED);
+    }
+    return v;
 }
 
 static inline int32_t load_i32(const uint8_t *p) {

@@ -207,6 +207,29 @@ def test_environment_variable_forces_a_path():
     assert "ValueError" in r.stdout and "FP4SWIFT_GEMM_ISA" in r.stdout
 
 
+def test_cached_cpu_features_keep_every_path_selectable_in_one_process():
+    # The CPU feature bits are read once per process (fp4isa_cpu_has caches them: cpuid costs
+    # microseconds under a hypervisor); FP4SWIFT_GEMM_ISA is still read on every call, so one
+    # process can switch paths after the first GEMM, from several threads, with the same product.
+    code = ("import os, numpy as np, fp4swift as f4\n"
+            "from concurrent.futures import ThreadPoolExecutor\n"
+            "rng = np.random.default_rng(0)\n"
+            "q = f4.quantize(rng.standard_normal((64, 64)).astype(np.float32), fmt='e2m1', granularity='block', "
+            "scale_rule='e8m0', block=32)\n"
+            "ref = f4.gemm(q, q)\n"
+            "for p in f4.gemm_paths():\n"
+            "    os.environ['FP4SWIFT_GEMM_ISA'] = p\n"
+            "    assert f4.gemm_path() == p, (p, f4.gemm_path())\n"
+            "    with ThreadPoolExecutor(4) as ex:\n"
+            "        outs = list(ex.map(lambda _: f4.gemm(q, q), range(8)))\n"
+            "    assert all(np.array_equal(o, ref) for o in outs), p\n"
+            "print('ok', len(f4.gemm_paths()))\n")
+    env = {k: v for k, v in os.environ.items() if k != "FP4SWIFT_GEMM_ISA"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("ok")
+
+
 def test_bad_input_raises():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((4, 32)).astype(np.float32)
