@@ -190,8 +190,10 @@ class Comparison:
                                         f"{gap.interval[1]:+.2f}])")
             parts.append(f"{r['recipe']} {r['verdict']}{g}")
         beyond = [r["recipe"] for r in rows if "beyond" in str(r["verdict"])]
-        head = (f"Verdict over {len(self.seeds)} seeds, {where}: " if beyond else
-                f"Verdict over {len(self.seeds)} seeds, {where}: no recipe differs from {ref} by more than the "
+        counts = sorted({int(r["seeds"]) for r in self.rows(basis)})  # type: ignore[call-overload]
+        over = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+        head = (f"Verdict over {over} seeds, {where}: " if beyond else
+                f"Verdict over {over} seeds, {where}: no recipe differs from {ref} by more than the "
                 f"seed spread; ")
         return head + "; ".join(parts) + "."
 
