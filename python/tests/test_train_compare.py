@@ -250,3 +250,36 @@ def test_init_rules_and_the_default_of_older_configs():
     assert std["torch"] == pytest.approx((1.0, 1 / math.sqrt(3 * 64), 1 / math.sqrt(3 * 64)), rel=0.05)
     assert std["linear=torch,embedding=normal"] == pytest.approx((0.02,) + std["torch"][1:], rel=0.05)
     assert std["linear=normal,embedding=torch"] == pytest.approx((1.0,) + std["normal"][1:], rel=0.05)
+
+
+def test_grid_stats_of_known_weights():
+    from fp4swift.train.gridstats import grid_position, weight_stats
+
+    v = np.array([0.0, 0.25, 0.5, 1.25, 2.5, 3.0, 5.0, 6.0, -1.75, 7.0])
+    assert grid_position(v) == pytest.approx([0, 0.5, 0, 0.5, 0.5, 0, 0.5, 1.0, 0.5, 1.0])
+    # rows whose elements sit on e2m1 grid points (row max 6 -> scale 1): no quantization error
+    on_grid = np.array([[6.0, -4.0, 3.0, 0.5, 0.0, -1.5], [3.0, 1.0, -0.75, 0.25, 0.0, 1.5]], np.float32)
+    st = weight_stats(on_grid[:1] * 0.01, on_grid[:1] * 0.005, None, 1e-3)
+    assert st["qerr"] == pytest.approx(0.0, abs=1e-6) and st["grid_dist"] == pytest.approx(0.0, abs=1e-5)
+    assert st["near_grid"] == 1.0 and st["drift"] == pytest.approx(1.0)
+    assert math.isnan(st["adam_step"])
+    # the second row's scale is 3/6 = 0.5: -0.75 -> v = -1.5 (grid), 0.25 -> 0.5 (grid), 1.0 -> 2 (grid)
+    st2 = weight_stats(on_grid[1:], on_grid[1:], {"exp_avg": np.full((1, 6), 0.1), "exp_avg_sq": np.full((1, 6), 0.01),
+                                                 "step": 1.0}, 2e-3)
+    assert st2["grid_dist"] == pytest.approx(0.0, abs=1e-6) and st2["drift"] == 0.0
+    # AdamW's bias-corrected direction: (0.1 / 0.1) / (sqrt(0.01 / 0.05) + 1e-8)
+    assert st2["adam_step"] == pytest.approx(1.0 / math.sqrt(0.2), rel=1e-6)
+
+
+def test_grid_stats_command_on_a_run(tmp_path, corpus, capsys):
+    out = tmp_path / "g"
+    rc, cap = _train(TINY + ["--recipes", "fp32,wang2025", "--steps", "4", "--data", corpus, "--out", str(out)],
+                     capsys)
+    assert rc == 0, cap.err
+    assert cli.main(["grid-stats", str(out), "--json", str(tmp_path / "g.json")]) == 0
+    table = json.loads((tmp_path / "g.json").read_text())
+    assert [r["trial"] for r in table] == ["fp32", "wang2025"]
+    for r in table:
+        assert 0 < r["qerr"] < 0.3 and 0 <= r["grid_dist"] <= 0.5 and 0 < r["drift"] < 1
+    assert cli.main(["grid-stats", str(tmp_path / "nothing")]) == 2
+    assert "cannot read" in capsys.readouterr().err
