@@ -402,7 +402,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if args.nproc is not None:
         return distributed.launch(args.nproc, args._argv)
-    from .train.runner import train_command
+    from .train.command import train_command
 
     return distributed.run_rank(train_command, args)
 

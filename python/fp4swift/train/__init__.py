@@ -11,7 +11,12 @@ of Wang et al. (`fp4swift fidelity`), and a scaling-law fit over finished runs
     step.py      one training step (shared by train and fidelity), optimizer, lr schedule, evaluation
     threads.py   thread budgets of torch, the Swift core and OpenBLAS
     outputs.py   a run directory's files: metrics.csv, checkpoints, summary, run.json
-    runner.py    `fp4swift train`: the recipes in turns of 10 steps, resume, Ctrl-C
+    trials.py    a trial (recipe x learning rate x seed) and its folder
+    runner.py    the Runner: every trial in turns of 10 steps, checkpoints, resume, Ctrl-C
+    command.py   `fp4swift train` as a command: flags to a configuration, the run, summary, exit status
+    compare.py   seeds and rates: paired gaps, 95% intervals, verdicts, each recipe's best rate
+    collect.py   `fp4swift compare`: trials of separate runs read together
+    gridstats.py `fp4swift grid-stats`: trained weights on the FP4 grid (the DGE study)
     distributed.py  `fp4swift train` data-parallel under torchrun (`--nproc P` on one machine,
                  `torchrun ... -m fp4swift train` on several): DistributedDataParallel over gloo,
                  the global batch split across the ranks, rank 0 alone writes; recipes with
