@@ -283,3 +283,27 @@ def test_grid_stats_command_on_a_run(tmp_path, corpus, capsys):
         assert 0 < r["qerr"] < 0.3 and 0 <= r["grid_dist"] <= 0.5 and 0 < r["drift"] < 1
     assert cli.main(["grid-stats", str(tmp_path / "nothing")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_a_run_from_before_seeds_and_init_resumes_as_it_was(tmp_path, corpus, capsys):
+    """config.json without `init`/`seeds` and checkpoints without `trial` (runs written before
+    those existed) resume with N(0, 0.02) and equal an uninterrupted --init normal run."""
+    common = TINY + ["--recipes", "fp32,wang2025", "--steps", "10", "--data", corpus, "--init", "normal"]
+    assert _train(common + ["--out", str(tmp_path / "a")], capsys)[0] == 0
+    old = tmp_path / "old"
+    assert _train(common + ["--out", str(old), "--stop-after", "13"], capsys)[0] == 130
+    cfg = json.loads((old / "config.json").read_text())
+    del cfg["init"], cfg["seeds"]
+    (old / "config.json").write_text(json.dumps(cfg))
+    for recipe in ("fp32", "wang2025"):
+        p = old / recipe / "checkpoint.pt"
+        ck = torch.load(p, weights_only=True)
+        del ck["trial"]
+        del ck["config"]["init"], ck["config"]["seeds"]
+        torch.save(ck, p)
+    rc, cap = _train(["--resume", "--out", str(old), "--no-progress", "--threads", "1"], capsys)
+    assert rc == 0, cap.err
+    for recipe in ("fp32", "wang2025"):
+        a = read_metrics(str(tmp_path / "a" / recipe / "metrics.csv"))
+        b = read_metrics(str(old / recipe / "metrics.csv"))
+        assert [(r["train_loss"], r["val_loss"]) for r in a] == [(r["train_loss"], r["val_loss"]) for r in b]
