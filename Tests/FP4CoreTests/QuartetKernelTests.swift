@@ -85,12 +85,7 @@ final class QuartetKernelTests: XCTestCase {
     /// Q_b(A·H_b) by the general path: zero-pad the columns, rotate with the signs, fake-quantize.
     func reference(_ a: [Float], rows: Int, cols: Int, signs: [Float], seed: UInt64) throws -> [Float] {
         let cp = (cols + 31) / 32 * 32
-        var p = [Float](repeating: 0, count: rows * cp)
-        for r in 0..<rows { for c in 0..<cols { p[r * cp + c] = a[r * cols + c] } }
-        var h = [Float](repeating: 0, count: rows * cp)
-        try signs.withUnsafeBufferPointer { d in
-            try Hadamard.transform(p, rows: rows, cols: cp, signs: d.baseAddress!, into: &h)
-        }
+        let h = try rotatedPadded(a, rows: rows, cols: cols, signs: signs)
         var out = [Float](repeating: 0, count: rows * cp)
         try QuartetLinear.backwardQuantizer(seed: seed).fakeQuantize(h, rows: rows, cols: cp, into: &out, nonFinite: .propagate)
         return out
