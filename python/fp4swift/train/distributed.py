@@ -555,8 +555,23 @@ def run_rank(command: Callable[[Any], int], args: Any) -> int:
         report(lost_contact(e, None, {}, "fp4swift train --resume --out DIR"))
         status = LOST_CONTACT_STATUS
     finally:
+        if status == LOST_CONTACT_STATUS:
+            _exit_after_lost_contact(status)
         shutdown(completed=status in (0, 1, 128 + signal.SIGINT, 128 + signal.SIGTERM))
     return status
+
+
+def _exit_after_lost_contact(status: int) -> None:
+    """Ends this process with `status` at once. After a peer vanished mid-collective, gloo's
+    worker threads are still waiting on it: destroying the process group, or letting interpreter
+    exit destroy it, can hit a joinable std::thread and abort (SIGABRT, 'terminate called without
+    an active exception') instead of exiting with our status. Checkpoints are already closed."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - a closed pipe must not change the status
+            pass
+    os._exit(status)
 
 
 def _strip_nproc(argv: Sequence[str]) -> List[str]:
