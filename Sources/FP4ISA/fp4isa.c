@@ -33,6 +33,11 @@ static int32_t cpu_has_uncached(int32_t isa) {
         const int zmm_state = (state & 0xE0) == 0xE0;  // opmask, upper zmm, zmm16-31
         return avx2 && fma && f && bw && vl && vnni && zmm_state;
     }
+    case FP4ISA_AVX512DQ: {
+        const int f = (b >> 16) & 1, dq = (b >> 17) & 1, vl = (b >> 31) & 1;
+        const int zmm_state = (state & 0xE0) == 0xE0;
+        return avx2 && fma && f && dq && vl && zmm_state;
+    }
     default:
         return 0;
     }
@@ -197,6 +202,26 @@ AVX2_TARGET void fp4isa_transpose_f32_avx2(const float *a, int64_t lda, float *b
         for (int64_t r = 0; r < rows; r++) b[c * ldb + r] = a[r * lda + c];
 }
 
+#define DQ_TARGET __attribute__((target("avx2,fma,avx512f,avx512dq,avx512vl")))
+
+DQ_TARGET void fp4isa_counter_uniforms_avx512dq(const uint64_t *base, uint64_t step, int64_t rows, float *out) {
+    const __m512i m1 = _mm512_set1_epi64((long long)0xBF58476D1CE4E5B9ull);
+    const __m512i m2 = _mm512_set1_epi64((long long)0x94D049BB133111EBull);
+    const __m512i st = _mm512_set1_epi64((long long)step);
+    const __m256 unit = _mm256_set1_ps(0x1p-24f);
+    __m512i c = _mm512_loadu_si512(base);
+    for (int64_t i = 0; i < rows; i++) {
+        __m512i z = c;
+        z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 30)), m1);
+        z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 27)), m2);
+        // The last xor-shift of mix leaves the top 24 bits alone: they are z >> 40 (< 2^24,
+        // so the int32 conversion to float is exact).
+        const __m256i top = _mm512_cvtepi64_epi32(_mm512_srli_epi64(z, 40));
+        _mm256_storeu_ps(out + 8 * i, _mm256_mul_ps(_mm256_cvtepi32_ps(top), unit));
+        c = _mm512_add_epi64(c, st);
+    }
+}
+
 #else  // not x86-64: only the portable Swift tile runs
 
 int32_t fp4isa_cpu_has(int32_t isa) { (void)isa; return 0; }
@@ -219,4 +244,9 @@ void fp4isa_transpose_f32_avx2(const float *a, int64_t lda, float *b, int64_t ld
     (void)a; (void)lda; (void)b; (void)ldb; (void)rows; (void)cols;
 }
 
+void fp4isa_counter_uniforms_avx512dq(const uint64_t *base, uint64_t step, int64_t rows, float *out) {
+    (void)base; (void)step; (void)rows; (void)out;
+}
+
 #endif
+

@@ -99,7 +99,7 @@ extension E2M1Kernel {
     /// high nibble of a byte written before, an odd last one writes a low nibble alone (as
     /// `Quantizer.codeSegmentPacked`), whole blocks of 8 go through SIMD8.
     static func stochasticSegment(_ x: UnsafePointer<Float>, _ codes: UnsafeMutablePointer<UInt8>, _ range: Range<Int>,
-                                  _ map: GridMap, key: UInt64) {
+                                  _ map: GridMap, key: UInt64, draws: UnsafePointer<Float>? = nil) {
         var i = range.lowerBound
         let end = range.upperBound
         if i < end && i & 1 == 1 {
@@ -108,9 +108,10 @@ extension E2M1Kernel {
         }
         let blocks = (end - i) >> 3
         if blocks > 0 {
+            let d = draws.map { $0 + (i - range.lowerBound) }
             switch map {
-            case .multiply(let m): stochasticBlocks(x, codes, from: i, blocks, key: key) { $0 * SIMD8(repeating: m) }
-            case .divide(let s): stochasticBlocks(x, codes, from: i, blocks, key: key) { $0 / SIMD8(repeating: s) }
+            case .multiply(let m): stochasticBlocks(x, codes, from: i, blocks, key: key, draws: d) { $0 * SIMD8(repeating: m) }
+            case .divide(let s): stochasticBlocks(x, codes, from: i, blocks, key: key, draws: d) { $0 / SIMD8(repeating: s) }
             }
             i += 8 * blocks
         }
@@ -122,10 +123,11 @@ extension E2M1Kernel {
         if i < end { codes[i >> 1] = UInt8(truncatingIfNeeded: stochasticCode(x[i], map, key: key, index: i)) }
     }
 
-    /// Blocks of 8 from even flat index `start`: draws of indices start + 8k + lane.
+    /// Blocks of 8 from even flat index `start`: draws of indices start + 8k + lane, read from
+    /// `draws` (draws[8k + lane], filled by `CounterDraws`) when given.
     @inline(__always)
     static func stochasticBlocks(_ x: UnsafePointer<Float>, _ codes: UnsafeMutablePointer<UInt8>, from start: Int, _ blocks: Int,
-                                 key: UInt64, _ toGrid: (SIMD8<Float>) -> SIMD8<Float>) {
+                                 key: UInt64, draws: UnsafePointer<Float>?, _ toGrid: (SIMD8<Float>) -> SIMD8<Float>) {
         // Counters key + (index + 1)·γ, stepped by 8γ per block (wrapping adds: the same values
         // as multiplying each index, without a 64-bit vector multiply per block).
         let base = key &+ (UInt64(bitPattern: Int64(start)) &+ 1) &* K.gamma
@@ -134,7 +136,8 @@ extension E2M1Kernel {
         let src = UnsafeRawPointer(x + start), cp = UnsafeMutableRawPointer(codes + (start >> 1))
         for k in 0..<blocks {
             let v = toGrid(src.loadUnaligned(fromByteOffset: 32 * k, as: SIMD8<Float>.self))
-            let c = K.stochasticGrid(v, K.uniformsFromCounters(counters)).code
+            let u = draws.map { K.load8($0 + 8 * k) } ?? K.uniformsFromCounters(counters)
+            let c = K.stochasticGrid(v, u).code
             cp.storeBytes(of: pack(c), toByteOffset: 4 * k, as: UInt32.self)
             counters &+= step
         }

@@ -31,6 +31,7 @@ extern "C" {
 /* Instruction sets a kernel may need. */
 #define FP4ISA_AVX2 1        /* AVX2 + FMA */
 #define FP4ISA_AVX512VNNI 2  /* AVX-512 F, BW, VL and VNNI */
+#define FP4ISA_AVX512DQ 3    /* AVX-512 F, DQ and VL (64-bit lane multiplies) */
 
 /* 1 when this CPU (and the OS's saved register state) supports `isa`, else 0. */
 int32_t fp4isa_cpu_has(int32_t isa);
@@ -52,6 +53,13 @@ void fp4isa_gemm_tile_avx2(const uint8_t *a, const int8_t *b, const int32_t *cor
 /* b[c * ldb + r] = a[r * lda + c] for r < rows, c < cols (the layers' float32 transposes:
  * pure data movement, so every path gives the same bits). Needs FP4ISA_AVX2. */
 void fp4isa_transpose_f32_avx2(const float *a, int64_t lda, float *b, int64_t ldb, int64_t rows, int64_t cols);
+
+/* Uniform draws of the counter-based generator (docs/numerics.md, stochastic rounding:
+ * SplitMix64's mix, top 24 bits, times 2^-24) for `rows` x 8 counters:
+ *   out[8 * i + l] = uniform(base[l] + i * step)   (wrapping uint64 arithmetic).
+ * Pure integer arithmetic, so every path gives the same bits; AVX-512 DQ multiplies 64-bit
+ * lanes in one instruction where AVX2 needs three 32-bit ones. Needs FP4ISA_AVX512DQ. */
+void fp4isa_counter_uniforms_avx512dq(const uint64_t *base, uint64_t step, int64_t rows, float *out);
 
 #ifdef __cplusplus
 }
