@@ -165,8 +165,33 @@ final class KernelParityTests: XCTestCase {
 
     /// e2m1 stochastic codes (`StochasticCodeKernel.e2m1SIMD8`) against the general path: every
     /// granularity, divide / two-level / multiply scale rules, odd shapes (groups starting at odd
-    /// flat indices), zero groups and signed zeros, several thread counts.
+    /// flat indices), zero groups and signed zeros, several thread counts; draws batched by
+    /// `CounterDraws` where the CPU has AVX-512 DQ, and not (FP4SWIFT_GEMM_ISA=avx2).
     func testStochasticE2M1CodesMatchTheGeneralPath() throws {
+        try checkStochasticE2M1Codes()
+        if GEMMPath.avx2.isSupported {
+            setenv(PackedGEMM.pathVariable, "avx2", 1)
+            defer { unsetenv(PackedGEMM.pathVariable) }
+            XCTAssertFalse(CounterDraws.batched)
+            try checkStochasticE2M1Codes()
+        }
+    }
+
+    /// A row longer than `CounterDraws.maxRowLength` keeps the unbatched draws; same codes.
+    func testStochasticE2M1CodesOnALongRow() throws {
+        var rng = TestRNG(seed: 17)
+        let cols = CounterDraws.maxRowLength + 48
+        let x = (0..<cols).map { _ in Float.random(in: -3..<3, using: &rng) }
+        let q = Quantizer(format: .e2m1, granularity: .block(16), scaleRule: .nvfp4, rounding: .stochastic, seed: 5)
+        var fast = [UInt8](repeating: 0xAA, count: cols / 2), ref = fast
+        try x.withUnsafeBufferPointer { xp in
+            try q.quantize(xp.baseAddress!, rows: 1, cols: cols, codes: &ref, dequantized: nil, kernels: false)
+            _ = try q.quantize(xp.baseAddress!, rows: 1, cols: cols, codes: &fast, dequantized: nil, kernels: true)
+        }
+        XCTAssertEqual(fast, ref)
+    }
+
+    private func checkStochasticE2M1Codes() throws {
         var rng = TestRNG(seed: 91)
         let shapes = [(7, 33), (5, 64), (3, 48), (16, 32), (1, 9), (32, 16)]
         let grans: [Granularity] = [.row, .tensor, .block(16), .block(32), .block2d(16)]

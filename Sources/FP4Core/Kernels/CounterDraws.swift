@@ -19,6 +19,10 @@ enum CounterDraws {
         return ((try? PackedGEMM.selectedPath()) ?? .generic) == .avx512vnni
     }
 
+    /// Longest row whose draws a kernel buffers at once (256 KB of floats per thread); longer
+    /// rows keep the unbatched draws rather than allocate in proportion to the input.
+    static let maxRowLength = 1 << 16
+
     /// out[8·i + l] = CounterRNG uniform of counter base[l] + i·step, i < rows. Only when
     /// `batched`; `out` holds 8·rows floats.
     @inline(__always)
@@ -29,6 +33,15 @@ enum CounterDraws {
                 fp4isa_counter_uniforms_avx512dq($0, step, Int64(rows), out)
             }
         }
+    }
+
+    /// out[j] = CounterRNG.uniform(key: key, index: first + j) for j < count, rounded up to a
+    /// multiple of 8 (a row's draws: consecutive flat indices). Only when `batched`.
+    static func fillConsecutive(_ out: UnsafeMutablePointer<Float>, key: UInt64, first: Int, count: Int) {
+        let gamma = CounterRNG.gamma
+        let c0 = key &+ (UInt64(bitPattern: Int64(first)) &+ 1) &* gamma
+        let lanes = SIMD8<UInt64>(repeating: c0) &+ SIMD8<UInt64>(0, 1, 2, 3, 4, 5, 6, 7) &* gamma
+        fill(out, base: lanes, step: 8 &* gamma, rows: (count + 7) / 8)
     }
 
     /// The same draws in Swift SIMD (the reference the batched kernel must equal).

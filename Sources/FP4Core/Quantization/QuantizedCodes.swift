@@ -125,18 +125,14 @@ extension Quantizer {
         // Chunks start at an even flat index so no two chunks share a packed byte.
         var grain = Parallel.grain(count: L.rows, minItems: Swift.max(1, 8192 / Swift.max(1, L.cols)))
         if L.cols % 2 == 1 && grain % 2 == 1 { grain += 1 }
-        let batched = CounterDraws.batched
+        let batched = CounterDraws.batched && L.cols <= CounterDraws.maxRowLength
         ts.groups.withUnsafeBufferPointer { gs in
             Parallel.forChunks(count: L.rows, grain: grain) { rowRange in
                 // One row's draws (flat indices r·cols ..< (r + 1)·cols, consecutive counters).
                 let rowDraws = batched ? UnsafeMutablePointer<Float>.allocate(capacity: (L.cols + 7) / 8 * 8) : nil
                 defer { rowDraws?.deallocate() }
                 for r in rowRange {
-                    if let rowDraws {
-                        let first = key &+ (UInt64(r * L.cols) &+ 1) &* CounterRNG.gamma
-                        let lanes = SIMD8<UInt64>(repeating: first) &+ SIMD8<UInt64>(0, 1, 2, 3, 4, 5, 6, 7) &* CounterRNG.gamma
-                        CounterDraws.fill(rowDraws, base: lanes, step: 8 &* CounterRNG.gamma, rows: (L.cols + 7) / 8)
-                    }
+                    if let rowDraws { CounterDraws.fillConsecutive(rowDraws, key: key, first: r * L.cols, count: L.cols) }
                     let gbase = (r / L.groupRows) * L.tileCols
                     for j in 0..<L.tileCols {
                         let g = gs[gbase + j]
