@@ -6,6 +6,10 @@
 /// packed e2m1 codes + one float scale per group (the packed GEMMs' operands, numerics.md §11):
 /// the output is a type parameter (`GradientRowsOutput`, `VerticalOutput`), the rounding
 /// (`stochasticEncode`) and the draws are the same code for both, so codes × scales are x̂.
+///
+/// These Swift kernels are the reference and the AVX2 / generic path; on AVX-512 machines the
+/// arithmetic of `gradientRows` and of `verticalOperand`'s units runs in C with the same
+/// operations (QuartetWideUnits.swift).
 extension QuartetKernels {
 
     @inline(__always) static var gamma: UInt64 { CounterRNG.gamma }

@@ -14,7 +14,7 @@ extension QuartetKernels {
     /// Columns per wide unit (one zmm of floats).
     @inline(__always) static var wideColumns: Int { 16 }
 
-    /// True when `verticalOperand` should use the wide units: the same condition as
+    /// True when `gradientRows` and `verticalOperand` should use the C kernels: the condition of
     /// `CounterDraws.batched` (AVX-512 DQ, and the packed GEMMs on the `avx512vnni` path, so
     /// FP4SWIFT_GEMM_ISA=avx2 keeps the Swift kernels and tests cover both). Read once per call.
     static var wideUnits: Bool { CounterDraws.batched }
