@@ -6,6 +6,10 @@
 /// packed e2m1 codes + one float scale per group (the packed GEMMs' operands, numerics.md §11):
 /// the output is a type parameter (`GradientRowsOutput`, `VerticalOutput`), the rounding
 /// (`stochasticEncode`) and the draws are the same code for both, so codes × scales are x̂.
+///
+/// These Swift kernels are the reference and the AVX2 / generic path; on AVX-512 machines the
+/// arithmetic of `gradientRows` and of `verticalOperand`'s units runs in C with the same
+/// operations (QuartetWideUnits.swift).
 extension QuartetKernels {
 
     @inline(__always) static var gamma: UInt64 { CounterRNG.gamma }
@@ -107,12 +111,16 @@ extension QuartetKernels {
     /// Where `gradientRows` puts the Q_b block at flat index `index` of the padded operand.
     protocol GradientRowsOutput {
         func store(_ q: Gradient, at index: Int)
+        /// Where `fp4isa_quartet_rows_avx512` writes the row that starts at flat index `index`:
+        /// its codes and scales, or its x̂ (`QuartetWideUnits.swift`).
+        func wideRow(at index: Int) -> WideRowTarget
     }
 
     /// x̂ as float32 [rows, colsPadded].
     struct RowsAsFloats: GradientRowsOutput {
         let out: UnsafeMutablePointer<Float>
         @inline(__always) func store(_ q: Gradient, at index: Int) { q.xhat.store(out + index) }
+        @inline(__always) func wideRow(at index: Int) -> WideRowTarget { WideRowTarget(xhat: out + index) }
     }
 
     /// Packed codes of [rows, colsPadded] and one scale per 32-group (`GroupLayout` order).
@@ -121,6 +129,9 @@ extension QuartetKernels {
         @inline(__always) func store(_ q: Gradient, at index: Int) {
             storeCodes(q.codes, codes + index / 2)
             scales[index / QuartetKernels.block] = q.scale
+        }
+        @inline(__always) func wideRow(at index: Int) -> WideRowTarget {
+            WideRowTarget(codes: codes + index / 2, scales: scales + index / QuartetKernels.block)
         }
     }
 
@@ -143,8 +154,15 @@ extension QuartetKernels {
         let bad = UnsafeMutablePointer<Bool>.allocate(capacity: chunks)
         bad.initialize(repeating: false, count: chunks)
         defer { bad.deallocate() }
-        let batched = CounterDraws.batched
+        let batched = CounterDraws.batched, wide = wideUnits
+        let d = UnsafeMutablePointer<Float>.allocate(capacity: b)
+        defer { d.deallocate() }
+        signs.store(d)
         Parallel.forChunks(count: rows, grain: grain) { range in
+            if wide {
+                bad[range.lowerBound / grain] = !gradientRowsWide(a, rows: range, cols: cols, signs: d, key: key, output: output)
+                return
+            }
             var tail = Block32(.zero, .zero, .zero, .zero)
             var ok = true
             // One row's draws (counters of flat indices r·cp ..< (r + 1)·cp, consecutive).
@@ -353,11 +371,13 @@ extension QuartetKernels {
         let bad = UnsafeMutablePointer<Bool>.allocate(capacity: chunks)
         bad.initialize(repeating: false, count: chunks)
         defer { bad.deallocate() }
-        let batched = CounterDraws.batched
+        let batched = CounterDraws.batched, wide = wideUnits
         Parallel.forChunks(count: bands, grain: grain) { range in
             let stage = UnsafeMutablePointer<Float>.allocate(capacity: b * b + b * 8 + 3 * 8 + b * 8)
             defer { stage.deallocate() }
             let v = stage + b * b, lane = v + b * 8, draws = batched ? lane + 3 * 8 : nil
+            let scratch = WideScratch.allocate()
+            defer { scratch.deallocate() }
             var ok = true
             for band in range {
                 var c0 = 0
@@ -365,6 +385,15 @@ extension QuartetKernels {
                     if !src.fill(stage, band: band, c0: c0) { ok = false }
                     let width = Swift.min(b, cols - c0)
                     var u = 0
+                    // The stage is 32 columns wide (zeros past `width`), so a 16-column unit
+                    // at u = 0 or 16 stays inside it.
+                    while wide && u < width {
+                        if !verticalWideUnit(stage + u, signs: signs, key: key, rp: rp, n0: c0 + u, t0: band * b,
+                                             valid: Swift.min(wideColumns, width - u), scratch: scratch, output: output) {
+                            ok = false
+                        }
+                        u += wideColumns
+                    }
                     while u < width {
                         if !verticalUnit(stage + u, signs: signs, key: key, rp: rp, n0: c0 + u, t0: band * b,
                                          valid: Swift.min(8, width - u), v: v, lane: lane, draws: draws, output: output) {

@@ -1,6 +1,6 @@
 /*
- * ISA-specific micro-kernels of the packed FP4 GEMM (docs/numerics.md §11), and the
- * layers' float32 transpose.
+ * ISA-specific micro-kernels of the packed FP4 GEMM (docs/numerics.md §11), the layers'
+ * float32 transpose, and the AVX-512 arithmetic of Quartet's backward operand kernels.
  *
  * Swift cannot enable CPU features per function, so the few loops that need AVX-512 VNNI or
  * AVX2 intrinsics live here, each compiled for its instruction set with a per-function
@@ -60,6 +60,39 @@ void fp4isa_transpose_f32_avx2(const float *a, int64_t lda, float *b, int64_t ld
  * Pure integer arithmetic, so every path gives the same bits; AVX-512 DQ multiplies 64-bit
  * lanes in one instruction where AVX2 needs three 32-bit ones. Needs FP4ISA_AVX512DQ. */
 void fp4isa_counter_uniforms_avx512dq(const uint64_t *base, uint64_t step, int64_t rows, float *out);
+
+/* One 32-row x 16-column unit of Quartet's backward operands (QuartetKernels.verticalUnit,
+ * Sources/FP4Core/Kernels/QuartetGradientKernels.swift, is the reference it equals bit for bit):
+ * column l < 16 of the tile S[i][l] = src[i * ld + l], i < 32, is one 32-group of the operand.
+ *   x[i][l]  = (H32 · (signs[i] * S[i][l]))[i] * norm     (the Swift butterflies, stage by stage)
+ *   amax[l]  = max_i |x[i][l]|;  scale = 2^floor(log2 amax) / 3  (ScaleRule.absmaxDiv3Scale)
+ *   u[i][l]  = CounterRNG uniform of key + ((n0 + l) * rp + t0 + i + 1) * gamma  (wrapping)
+ *   codes / x̂ = e2m1 stochastic rounding of x / scale with draw u (QuartetKernels.stochasticGrid)
+ * Writes scales[l] (1 for a zero or non-finite group) and either, when codes is not NULL,
+ *   codes[16 * j + l] = the e2m1 codes of rows 8j ..< 8j + 8 of column l (row 8j + m in bits
+ *   4m ..< 4m + 4; a zero group: the sign codes of x; a non-finite group: 0), j < 4,
+ * or else xhat[16 * i + l] = x̂ (a zero group: x * 0; a non-finite group: NaN).
+ * Returns the mask of columns whose group held NaN or +-inf (bit l). Reads exactly 32 rows of
+ * 16 floats. Every float operation is the Swift one in its order (no FMA). Needs
+ * FP4ISA_AVX512DQ. */
+uint32_t fp4isa_quartet_vertical_avx512(const float *src, int64_t ld, const float *signs, float norm,
+                                        uint64_t key, uint64_t rp, uint64_t n0, uint64_t t0,
+                                        uint32_t *codes, float *scales, float *xhat);
+
+/* One row of Quartet's backward operand Q_b(A·H_b) along the rows (QuartetKernels.gradientRows
+ * with quantizeGradientBlock, the reference it equals bit for bit): the row src[0 ..< cols] in
+ * 32-blocks j < ceil(cols / 32), the last one zero-padded (nothing past cols is read):
+ *   x        = Hadamard.rotate32(block j, signs[0 ..< 32], norm)   (the Swift butterflies)
+ *   scale    = 2^floor(log2 amax) / 3  (ScaleRule.absmaxDiv3Scale of the block's amax)
+ *   u[k]     = CounterRNG uniform of key + (index + 32j + k + 1) * gamma  (wrapping)
+ *   codes / x̂ = e2m1 stochastic rounding of x / scale with draw u[k]
+ * When codes is not NULL: codes[16j ..< 16j + 16] = the block's 32 codes, element 2i in the low
+ * nibble of byte i, and scales[j] = scale (a zero group: sign codes of x and scale 1; a
+ * non-finite group: zero bytes and scale 1). Else xhat[32j ..< 32j + 32] = x̂ (a zero group:
+ * x * 0; a non-finite group: NaN). Returns the number of blocks that held NaN or +-inf. Needs
+ * FP4ISA_AVX512DQ. */
+uint32_t fp4isa_quartet_rows_avx512(const float *src, int64_t cols, const float *signs, float norm,
+                                    uint64_t key, uint64_t index, uint8_t *codes, float *scales, float *xhat);
 
 #ifdef __cplusplus
 }
