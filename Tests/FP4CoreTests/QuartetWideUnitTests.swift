@@ -82,9 +82,9 @@ final class QuartetWideUnitTests: XCTestCase {
             while h < valid {
                 let part = Swift.min(8, valid - h)
                 _ = QuartetKernels.verticalUnit(stage + u + h, signs: signs, key: key, rp: rp, n0: n0 + h, t0: t0, valid: part,
-                                                v: v, lane: v + 32 * 8, draws: nil, output: FloatRecorder(r: rec))
+                                                v: v, lane: v + 32 * 8, output: FloatRecorder(r: rec))
                 if !QuartetKernels.verticalUnit(stage + u + h, signs: signs, key: key, rp: rp, n0: n0 + h, t0: t0, valid: part,
-                                                v: v, lane: v + 32 * 8, draws: nil, output: CodeRecorder(r: rec)) {
+                                                v: v, lane: v + 32 * 8, output: CodeRecorder(r: rec)) {
                     codesOK = false
                 }
                 h += 8

@@ -4,11 +4,12 @@ import FP4ISA
 /// stepped together, out[8·i + l] = uniform(base[l] + i·step).
 ///
 /// Each draw is two 64-bit multiplies (SplitMix64's mix). The library is compiled for AVX2,
-/// which has no 64-bit lane multiply: LLVM builds each from three 32-bit ones plus shifts,
-/// and the draws became the larger part of Quartet's backward operand kernels. AVX-512 DQ
-/// (`vpmullq`) multiplies 8 lanes in one instruction, so on such CPUs the kernels fetch their
-/// draws in batches from `fp4isa_counter_uniforms_avx512dq`. Integer arithmetic only: both
-/// ways give the same bits, which the tests check.
+/// which has no 64-bit lane multiply: LLVM builds each from three 32-bit ones plus shifts.
+/// AVX-512 DQ (`vpmullq`) multiplies 8 lanes in one instruction, so on such CPUs the e2m1
+/// stochastic code kernel (nvfp4's dY) fetches a row's draws at once from
+/// `fp4isa_counter_uniforms_avx512dq`; Quartet's AVX-512 backward kernels compute theirs in
+/// registers the same way (QuartetWideUnits.swift). Integer arithmetic only: both ways give
+/// the same bits, which the tests check.
 enum CounterDraws {
     /// True when the stochastic kernels should take their draws in batches from the AVX-512
     /// kernel: the CPU has AVX-512 DQ and the packed GEMMs run on the `avx512vnni` path

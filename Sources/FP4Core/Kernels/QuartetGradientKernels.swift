@@ -69,11 +69,9 @@ extension QuartetKernels {
     }
 
     /// Q_b (e2m1, absmax_div3, stochastic with the draws of flat indices index ..< index + 32
-    /// under `key`, NaN for a non-finite group) of one rotated block. `draws`, when given,
-    /// holds those 32 draws already (`CounterDraws`).
+    /// under `key`, NaN for a non-finite group) of one rotated block.
     @inline(__always)
-    static func quantizeGradientBlock(_ x: Block32, key: UInt64, index: Int,
-                                      draws: UnsafePointer<Float>? = nil) -> Gradient {
+    static func quantizeGradientBlock(_ x: Block32, key: UInt64, index: Int) -> Gradient {
         let amax = amaxBits(x)
         if amax >= 0x7F80_0000 {
             let nan = SIMD8<Float>(repeating: .nan)
@@ -90,12 +88,8 @@ extension QuartetKernels {
         }
         let s = SIMD8<Float>(repeating: scale)
         let base = key &+ (UInt64(bitPattern: Int64(index)) &+ 1) &* gamma
-        @inline(__always) func u(_ k: Int) -> SIMD8<Float> {
-            if let draws { return load8(draws + k) }
-            return uniforms(base, UInt64(k))
-        }
-        let r0 = stochasticEncode(x.v0, s, u(0)), r1 = stochasticEncode(x.v1, s, u(8))
-        let r2 = stochasticEncode(x.v2, s, u(16)), r3 = stochasticEncode(x.v3, s, u(24))
+        let r0 = stochasticEncode(x.v0, s, uniforms(base, 0)), r1 = stochasticEncode(x.v1, s, uniforms(base, 8))
+        let r2 = stochasticEncode(x.v2, s, uniforms(base, 16)), r3 = stochasticEncode(x.v3, s, uniforms(base, 24))
         return Gradient(xhat: Block32(r0.xhat, r1.xhat, r2.xhat, r3.xhat),
                         codes: SIMD4(packLanes(r0.code, step: 4), packLanes(r1.code, step: 4),
                                      packLanes(r2.code, step: 4), packLanes(r3.code, step: 4)),
@@ -154,7 +148,7 @@ extension QuartetKernels {
         let bad = UnsafeMutablePointer<Bool>.allocate(capacity: chunks)
         bad.initialize(repeating: false, count: chunks)
         defer { bad.deallocate() }
-        let batched = CounterDraws.batched, wide = wideUnits
+        let wide = wideUnits
         let d = UnsafeMutablePointer<Float>.allocate(capacity: b)
         defer { d.deallocate() }
         signs.store(d)
@@ -165,19 +159,11 @@ extension QuartetKernels {
             }
             var tail = Block32(.zero, .zero, .zero, .zero)
             var ok = true
-            // One row's draws (counters of flat indices r·cp ..< (r + 1)·cp, consecutive).
-            let rowDraws = batched ? UnsafeMutablePointer<Float>.allocate(capacity: cp) : nil
-            defer { rowDraws?.deallocate() }
             for r in range {
                 let src = a + r * cols
-                if let rowDraws {
-                    let first = key &+ (UInt64(r * cp) &+ 1) &* gamma
-                    let lanes = SIMD8<UInt64>(repeating: first) &+ SIMD8<UInt64>(0, 1, 2, 3, 4, 5, 6, 7) &* gamma
-                    CounterDraws.fill(rowDraws, base: lanes, step: 8 &* gamma, rows: cp / 8)
-                }
                 for j in 0..<full {
                     let q = quantizeGradientBlock(Hadamard.rotate32(Block32(src + j * b), signs: signs, norm: norm),
-                                                  key: key, index: r * cp + j * b, draws: rowDraws.map { UnsafePointer($0 + j * b) })
+                                                  key: key, index: r * cp + j * b)
                     if !q.finite { ok = false }
                     output.store(q, at: r * cp + j * b)
                 }
@@ -188,8 +174,7 @@ extension QuartetKernels {
                         t.update(from: src + full * b, count: cols - full * b)
                     }
                     let q = quantizeGradientBlock(Hadamard.rotate32(tail, signs: signs, norm: norm),
-                                                  key: key, index: r * cp + full * b,
-                                                  draws: rowDraws.map { UnsafePointer($0 + full * b) })
+                                                  key: key, index: r * cp + full * b)
                     if !q.finite { ok = false }
                     output.store(q, at: r * cp + full * b)
                 }
@@ -371,11 +356,11 @@ extension QuartetKernels {
         let bad = UnsafeMutablePointer<Bool>.allocate(capacity: chunks)
         bad.initialize(repeating: false, count: chunks)
         defer { bad.deallocate() }
-        let batched = CounterDraws.batched, wide = wideUnits
+        let wide = wideUnits
         Parallel.forChunks(count: bands, grain: grain) { range in
-            let stage = UnsafeMutablePointer<Float>.allocate(capacity: b * b + b * 8 + 3 * 8 + b * 8)
+            let stage = UnsafeMutablePointer<Float>.allocate(capacity: b * b + b * 8 + 3 * 8)
             defer { stage.deallocate() }
-            let v = stage + b * b, lane = v + b * 8, draws = batched ? lane + 3 * 8 : nil
+            let v = stage + b * b, lane = v + b * 8
             let scratch = WideScratch.allocate()
             defer { scratch.deallocate() }
             var ok = true
@@ -396,7 +381,7 @@ extension QuartetKernels {
                     }
                     while u < width {
                         if !verticalUnit(stage + u, signs: signs, key: key, rp: rp, n0: c0 + u, t0: band * b,
-                                         valid: Swift.min(8, width - u), v: v, lane: lane, draws: draws, output: output) {
+                                         valid: Swift.min(8, width - u), v: v, lane: lane, output: output) {
                             ok = false
                         }
                         u += 8
@@ -412,13 +397,11 @@ extension QuartetKernels {
 
     /// One 32-row × 8-column unit of `verticalOperand`: rows of `src` (stride 32), rotated down
     /// the column, quantized per column group, handed to the output. False when a code output
-    /// met a non-finite group. `draws` (32 × 8 floats), when given, receives the unit's draws
-    /// from `CounterDraws.fill` first; else each row computes its own.
+    /// met a non-finite group.
     @inline(__always)
     static func verticalUnit<O: VerticalOutput>(_ src: UnsafePointer<Float>, signs d: UnsafePointer<Float>, key: UInt64,
                                                 rp: Int, n0: Int, t0: Int, valid: Int, v: UnsafeMutablePointer<Float>,
-                                                lane: UnsafeMutablePointer<Float>, draws: UnsafeMutablePointer<Float>?,
-                                                output: O) -> Bool {
+                                                lane: UnsafeMutablePointer<Float>, output: O) -> Bool {
         let b = QuartetKernels.block
         @inline(__always) func row(_ i: Int) -> SIMD8<Float> { load8(v + 8 * i) }
         @inline(__always) func set(_ i: Int, _ x: SIMD8<Float>) { Hadamard.store8(x, v + 8 * i) }
@@ -461,11 +444,7 @@ extension QuartetKernels {
         // Counter of lane l, row i: key + ((n0 + l)·rp + t0 + i + 1)·γ.
         let col = SIMD8<UInt64>(repeating: UInt64(n0)) &+ SIMD8<UInt64>(0, 1, 2, 3, 4, 5, 6, 7)
         let base = SIMD8<UInt64>(repeating: key) &+ (col &* UInt64(rp) &+ UInt64(t0 + 1)) &* gamma
-        if let draws { CounterDraws.fill(draws, base: base, step: gamma, rows: b) }
-        @inline(__always) func uniform(_ i: Int) -> SIMD8<Float> {
-            if let draws { return load8(UnsafePointer(draws + 8 * i)) }
-            return uniformsFromCounters(base &+ UInt64(i) &* gamma)
-        }
+        @inline(__always) func uniform(_ i: Int) -> SIMD8<Float> { uniformsFromCounters(base &+ UInt64(i) &* gamma) }
         if O.emitsCodes {
             // Zero groups: the sign codes of x (x̂ = x·0); NaN groups were reported.
             for j in 0..<(b / 8) {
