@@ -47,6 +47,7 @@ import os
 import signal
 import socket
 import sys
+import traceback
 import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
@@ -148,23 +149,27 @@ def init_from_env(timeout: Optional[float] = None) -> World:
     return _world
 
 
-def shutdown(completed: bool) -> None:
-    """Leaves the process group. completed: this rank finished the run the way every rank does
-    (then a barrier first, so no rank tears gloo down while another still has work in flight);
-    after a failure the others may be gone, so no barrier."""
-    global _world
-    if not _world.distributed:
-        return
-    try:
-        if completed:
+def leave_and_exit(status: int, completed: bool) -> None:
+    """Ends this rank's process with `status`. completed: this rank finished the run the way every
+    rank does; then a barrier first, so no rank leaves while another still has work in flight
+    (after a failure the others may be gone, so no barrier).
+
+    The process exits at once (os._exit) instead of tearing gloo down: destroying the process
+    group, or letting interpreter exit destroy it, sometimes hit a joinable std::thread in
+    gloo's worker threads and aborted (SIGABRT, "terminate called without an active exception")
+    after a successful run, or after a lost peer, instead of exiting with our status. Every file
+    is written and closed by then; the OS closes the sockets."""
+    if completed:
+        try:
             torch.distributed.barrier()
-    except Exception:  # noqa: BLE001 - the run's status is already decided
-        pass
-    try:
-        torch.distributed.destroy_process_group()
-    except Exception:  # noqa: BLE001
-        pass
-    _world = World(timeout=_world.timeout)
+        except Exception:  # noqa: BLE001 - the run's status is already decided
+            pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - a closed pipe must not change the status
+            pass
+    os._exit(status)
 
 
 def _decorrelate_draws(rank: int) -> None:
@@ -540,7 +545,7 @@ def run_rank(command: Callable[[Any], int], args: Any) -> int:
         return 2
     if not world.distributed:
         return command(args)
-    status = 2
+    status, crashed = 2, False
     try:
         check_same_flags(args)
         status = command(args)
@@ -549,29 +554,16 @@ def run_rank(command: Callable[[Any], int], args: Any) -> int:
     except KeyboardInterrupt:  # Ctrl-C before training started (torchrun forwards it)
         report("interrupted before training started")
         status = 128 + signal.SIGINT
-    except Exception as e:  # noqa: BLE001 - only gloo's lost-peer errors are handled here
-        if not is_comm_failure(e):
-            raise
-        report(lost_contact(e, None, {}, "fp4swift train --resume --out DIR"))
-        status = LOST_CONTACT_STATUS
+    except Exception as e:  # noqa: BLE001 - the process ends in leave_and_exit below
+        if is_comm_failure(e):
+            report(lost_contact(e, None, {}, "fp4swift train --resume --out DIR"))
+            status = LOST_CONTACT_STATUS
+        else:  # a bug: the traceback Python would print, then status 1
+            traceback.print_exc()
+            status, crashed = 1, True
     finally:
-        if status == LOST_CONTACT_STATUS:
-            _exit_after_lost_contact(status)
-        shutdown(completed=status in (0, 1, 128 + signal.SIGINT, 128 + signal.SIGTERM))
-    return status
-
-
-def _exit_after_lost_contact(status: int) -> None:
-    """Ends this process with `status` at once. After a peer vanished mid-collective, gloo's
-    worker threads are still waiting on it: destroying the process group, or letting interpreter
-    exit destroy it, can hit a joinable std::thread and abort (SIGABRT, 'terminate called without
-    an active exception') instead of exiting with our status. Checkpoints are already closed."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:  # noqa: BLE001 - a closed pipe must not change the status
-            pass
-    os._exit(status)
+        leave_and_exit(status, completed=not crashed and status in (0, 1, 128 + signal.SIGINT, 128 + signal.SIGTERM))
+    return status  # not reached: leave_and_exit ends the process
 
 
 def _strip_nproc(argv: Sequence[str]) -> List[str]:
