@@ -108,9 +108,12 @@ uint32_t fp4isa_quartet_rows_avx512(const float *src, int64_t cols, const float 
  * each skipped when NULL: codes[f/2 ..< f/2 + 16] (element 2i in the low nibble of byte i),
  * scales[f / 32], mask[f/8 ..< f/8 + 4] (a little-endian word, bit i = element i) and
  * xhat[k * ldx ..< k * ldx + 32]. A block holding NaN or +-inf writes zeros to its x̂ and nothing
- * else. Returns the number of such blocks. Reads exactly the count blocks. Every float operation
- * is the Swift one in its order (no FMA), except that x / scale is x · 2^-e (the same real value
- * rounded once: scale = 2^e with e <= 126 for a finite block). Needs FP4ISA_AVX512DQ. */
+ * else. Returns the number of such blocks. Reads exactly the count blocks. The float operations
+ * are the Swift ones in their order, or ones that round the same real value once, so the bits
+ * are the same (quest_avx512.c says why for each): x / scale as x · 2^-e, sq + x² as an FMA (x² is
+ * exact in float64), e2m1's min(|v|, 6) by vrangeps and its rounding constant carrying the code
+ * (checked on every finite float32 v); the zero and non-finite tests read the sum of squares.
+ * Needs FP4ISA_AVX512DQ. */
 uint32_t fp4isa_quest_blocks_avx512(const float *src, int64_t ld, int64_t count, float norm, uint8_t *codes,
                                     float *scales, uint8_t *mask, float *xhat, int64_t ldx);
 
