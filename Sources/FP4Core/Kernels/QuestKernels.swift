@@ -123,11 +123,30 @@ enum QuartetKernels {
     /// block's outputs are then unspecified).
     static func questRows(_ a: UnsafePointer<Float>, rows: Int, cols: Int, into t: QuestTargets) -> Bool {
         if wideUnits { return questRowsWide(a, rows: rows, cols: cols, into: t) }
-        return questRows(a, rows: rows, cols: cols) { i, q in
-            if let c = t.codes { storeCodes(q.codes, c + i / 2) }
-            if let s = t.scales { s[i / QuartetKernels.block] = q.scale }
-            if let m = t.mask { storeWord(q.mask, m + i / 8) }
-            if let x = t.xhat { q.xhat.store(x + i) }
+        let b = QuartetKernels.block
+        // The forward's target sets get a closure each, so the optimizer specializes `questRows`
+        // for each without per-block optional tests (one shared closure: ~8% slower, 1 thread).
+        switch (t.codes, t.scales, t.mask, t.xhat) {
+        case let (c?, s?, m?, nil):
+            return questRows(a, rows: rows, cols: cols) { i, q in
+                storeCodes(q.codes, c + i / 2)
+                s[i / b] = q.scale
+                storeWord(q.mask, m + i / 8)
+            }
+        case let (c?, s?, nil, nil):
+            return questRows(a, rows: rows, cols: cols) { i, q in
+                storeCodes(q.codes, c + i / 2)
+                s[i / b] = q.scale
+            }
+        case let (nil, nil, nil, x?):
+            return questRows(a, rows: rows, cols: cols) { i, q in q.xhat.store(x + i) }
+        default:
+            return questRows(a, rows: rows, cols: cols) { i, q in
+                if let c = t.codes { storeCodes(q.codes, c + i / 2) }
+                if let s = t.scales { s[i / b] = q.scale }
+                if let m = t.mask { storeWord(q.mask, m + i / 8) }
+                if let x = t.xhat { q.xhat.store(x + i) }
+            }
         }
     }
 
