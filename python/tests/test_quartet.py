@@ -303,11 +303,21 @@ def test_packed_is_thread_count_and_path_independent(monkeypatch):
 
 @pytest.mark.parametrize("gemm", ["packed", "simulated"])
 def test_operand_kernels_are_path_independent(monkeypatch, gemm):
-    """The backward operand kernels run in AVX-512 C on the avx512vnni path and in Swift on the
-    others: the same bits either way, for widths that are not multiples of 8, 16 or 32, zero
-    and tiny (scale-underflowing) gradient columns and wide dynamic range."""
+    """The operand kernels (the forward QuEST and the backward operands) run in AVX-512 C on the
+    avx512vnni path and in Swift on the others: the same bits either way, for widths that are
+    not multiples of 8, 16 or 32, block counts that are not multiples of 16, zero, -0, tiny
+    and huge blocks of X and W, zero and tiny (scale-underflowing) gradient columns and wide
+    dynamic range."""
     rng = np.random.default_rng(13)
     x, w, b, dy = make(rng, (75, 160), 45)
+    x[5, 32:64] = 0
+    x[6, :32] = -0.0
+    x[7, 64:96] *= np.float32(1e-40)
+    x[8] *= np.float32(1e30)
+    x[9, 96:128] = 3
+    w[3, :32] = 0
+    w[4, 32:64] *= np.float32(1e-41)
+    w[5, 128:] *= np.float32(1e25)
     dy[:, 3] = 0
     dy[:40, 7] *= np.float32(1e-42)
     dy[:, 11] *= np.float32(1e30)

@@ -1,3 +1,5 @@
+import FP4ISA
+
 /// The backward kernels of `QuartetLinear`: Q_b (e2m1, absmax_div3 scales, stochastic
 /// rounding) of operands rotated by diag(d)·H, built in one pass each, and the clip-mask +
 /// un-rotation of the GEMM results. Same bits as the general path (see QuestKernels.swift).
@@ -239,15 +241,25 @@ extension QuartetKernels {
     }
 
     /// W_q = QuEST(W·H) computed block by block (cols a multiple of 32); writes the clip
-    /// mask m_w on the way.
+    /// mask m_w on the way. A tile's column of blocks goes to `fp4isa_quest_blocks_avx512` where
+    /// `wideUnits` (read when the value is made).
     struct WeightRows: RowTiles {
         let w: UnsafePointer<Float>, rows: Int, cols: Int, mask: UnsafeMutablePointer<UInt8>
+        let wide = QuartetKernels.wideUnits
         @inline(__always)
         func fill(_ stage: UnsafeMutablePointer<Float>, band: Int, c0: Int) -> Bool {
             let b = QuartetKernels.block
             var ok = true
             let r0 = band * b, valid = Swift.max(0, Swift.min(b, rows - r0))
             var i = 0
+            if wide && valid > 0 {
+                // Block i at w + s + i·cols, its mask word at flat index s + i·cols, x̂ into stage
+                // row i (zeros for a non-finite block, as below).
+                let s = r0 * cols + c0
+                ok = fp4isa_quest_blocks_avx512(w + s, Int64(cols), Int64(valid), norm, nil, nil, mask + s / 8,
+                                                stage, Int64(b)) == 0
+                i = valid
+            }
             while i + 4 <= valid {
                 let s = (r0 + i) * cols + c0
                 let q = quest4(Hadamard.rotate32(Block32(w + s), signs: nil, norm: norm),

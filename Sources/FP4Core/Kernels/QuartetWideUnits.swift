@@ -1,15 +1,17 @@
 import FP4ISA
 
-/// The AVX-512 form of Quartet's backward operand kernels (QuartetGradientKernels.swift).
+/// The AVX-512 form of Quartet's operand kernels: the forward QuEST (QuestKernels.swift) and the
+/// backward operands (QuartetGradientKernels.swift).
 ///
 /// The library is compiled for AVX2, so the Swift kernels handle 8 lanes per SIMD8 and build
 /// each draw's two 64-bit multiplies from 32-bit ones. On CPUs with AVX-512 DQ the arithmetic
 /// runs in C with one zmm of 16 lanes and the draws computed in registers:
 /// `fp4isa_quartet_vertical_avx512` does a 32-row × 16-column unit of `verticalOperand` (filling
 /// the stage tile, storing the results and threading stay here), `fp4isa_quartet_rows_avx512`
-/// one row of `gradientRows`, written straight into the output. The C kernels do the Swift
-/// kernels' float operations in the same order, so both give the same bits
-/// (QuartetWideUnitTests).
+/// one row of `gradientRows`, written straight into the output; `fp4isa_quest_blocks_avx512`
+/// runs `questRows` and `WeightRows.fill` 8 blocks at a time (one zmm of float64 sums, each
+/// block's in element order). The C kernels do the Swift kernels' float operations in the same
+/// order, so both give the same bits (QuartetWideUnitTests, QuestWideTests).
 extension QuartetKernels {
     /// Columns per wide unit (one zmm of floats).
     @inline(__always) static var wideColumns: Int { 16 }
@@ -18,6 +20,27 @@ extension QuartetKernels {
     /// `CounterDraws.batched` (AVX-512 DQ, and the packed GEMMs on the `avx512vnni` path, so
     /// FP4SWIFT_GEMM_ISA=avx2 keeps the Swift kernels and tests cover both). Read once per call.
     static var wideUnits: Bool { CounterDraws.batched }
+
+    /// `questRows(_:rows:cols:into:)` through the C kernel: chunks of consecutive blocks (the
+    /// blocks of A [rows, cols] are contiguous), written straight into the targets.
+    static func questRowsWide(_ a: UnsafePointer<Float>, rows: Int, cols: Int, into t: QuestTargets) -> Bool {
+        let b = QuartetKernels.block, blocks = rows * cols / b
+        guard blocks > 0 else { return true }
+        let grain = Parallel.grain(count: blocks, minItems: 512)
+        let chunks = (blocks + grain - 1) / grain
+        let bad = UnsafeMutablePointer<Bool>.allocate(capacity: chunks)
+        bad.initialize(repeating: false, count: chunks)
+        defer { bad.deallocate() }
+        Parallel.forChunks(count: blocks, grain: grain) { range in
+            let i = range.lowerBound * b
+            let n = fp4isa_quest_blocks_avx512(a + i, Int64(b), Int64(range.count), norm, t.codes.map { $0 + i / 2 },
+                                               t.scales.map { $0 + i / b }, t.mask.map { $0 + i / 8 },
+                                               t.xhat.map { $0 + i }, Int64(b))
+            bad[range.lowerBound / grain] = n != 0
+        }
+        for c in 0..<chunks where bad[c] { return false }
+        return true
+    }
 
     /// Scratch of one worker's wide units: the C kernel's outputs before `VerticalOutput`
     /// stores them.

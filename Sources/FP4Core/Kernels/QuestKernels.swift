@@ -104,6 +104,52 @@ enum QuartetKernels {
         return Quest(xhat: Block32(q0, q1, q2, q3), codes: codes, mask: mask, scale: scale, finite: true)
     }
 
+    /// Where `questRows(_:rows:cols:into:)` writes the block at flat index i; nil outputs are
+    /// skipped.
+    struct QuestTargets {
+        /// The 16 code bytes at codes + i / 2 (element 2k in the low nibble of byte k).
+        var codes: UnsafeMutablePointer<UInt8>? = nil
+        /// The scale at scales[i / 32].
+        var scales: UnsafeMutablePointer<Float>? = nil
+        /// The clip-mask word at mask + i / 8 (little-endian, bit k for element k).
+        var mask: UnsafeMutablePointer<UInt8>? = nil
+        /// x̂ at xhat + i.
+        var xhat: UnsafeMutablePointer<Float>? = nil
+    }
+
+    /// QuEST(A·H) of every block of A [rows, cols] (cols a multiple of 32) into `targets`: the
+    /// AVX-512 kernel where `wideUnits` (QuartetWideUnits.swift), else the Swift one below (the
+    /// reference; both give the same bits). False when some block held NaN or ±inf (that
+    /// block's outputs are then unspecified).
+    static func questRows(_ a: UnsafePointer<Float>, rows: Int, cols: Int, into t: QuestTargets) -> Bool {
+        if wideUnits { return questRowsWide(a, rows: rows, cols: cols, into: t) }
+        let b = QuartetKernels.block
+        // The forward's target sets get a closure each, so the optimizer specializes `questRows`
+        // for each without per-block optional tests (one shared closure: ~8% slower, 1 thread).
+        switch (t.codes, t.scales, t.mask, t.xhat) {
+        case let (c?, s?, m?, nil):
+            return questRows(a, rows: rows, cols: cols) { i, q in
+                storeCodes(q.codes, c + i / 2)
+                s[i / b] = q.scale
+                storeWord(q.mask, m + i / 8)
+            }
+        case let (c?, s?, nil, nil):
+            return questRows(a, rows: rows, cols: cols) { i, q in
+                storeCodes(q.codes, c + i / 2)
+                s[i / b] = q.scale
+            }
+        case let (nil, nil, nil, x?):
+            return questRows(a, rows: rows, cols: cols) { i, q in q.xhat.store(x + i) }
+        default:
+            return questRows(a, rows: rows, cols: cols) { i, q in
+                if let c = t.codes { storeCodes(q.codes, c + i / 2) }
+                if let s = t.scales { s[i / b] = q.scale }
+                if let m = t.mask { storeWord(q.mask, m + i / 8) }
+                if let x = t.xhat { q.xhat.store(x + i) }
+            }
+        }
+    }
+
     /// QuEST(A·H) of every block of A [rows, cols] (cols a multiple of 32), handed to
     /// `write(flatIndex, result)`; false when some block held NaN or ±inf (its results are
     /// not written).

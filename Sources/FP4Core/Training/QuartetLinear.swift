@@ -86,12 +86,8 @@ public enum QuartetLinear {
         }
         // X·H → X_q (codes + scales + dequantized operand) and m_x.
         let xq = Scratch(T * K)
-        let xFinite = QuartetKernels.questRows(x, rows: T, cols: K) { i, b in
-            b.xhat.store(xq.pointer + i)
-            QuartetKernels.storeCodes(b.codes, xCodes + i / 2)
-            xScales[i / block] = b.scale
-            QuartetKernels.storeWord(b.mask, xMask + i / 8)
-        }
+        let xFinite = QuartetKernels.questRows(x, rows: T, cols: K,
+                                               into: .init(codes: xCodes, scales: xScales, mask: xMask, xhat: xq.pointer))
         if !xFinite { try throwNonFiniteInput(x, T, K) }
         let wq = try rotatedWeight(w, N, K)
         if let bias {
@@ -109,17 +105,10 @@ public enum QuartetLinear {
                                y: UnsafeMutablePointer<Float>,
                                xCodes: UnsafeMutablePointer<UInt8>, xScales: UnsafeMutablePointer<Float>,
                                xMask: UnsafeMutablePointer<UInt8>) throws {
-        let xFinite = QuartetKernels.questRows(x, rows: T, cols: K) { i, b in
-            QuartetKernels.storeCodes(b.codes, xCodes + i / 2)
-            xScales[i / block] = b.scale
-            QuartetKernels.storeWord(b.mask, xMask + i / 8)
-        }
+        let xFinite = QuartetKernels.questRows(x, rows: T, cols: K, into: .init(codes: xCodes, scales: xScales, mask: xMask))
         if !xFinite { try throwNonFiniteInput(x, T, K) }
         let wq = CodedOperand(rows: N, cols: K)
-        let wFinite = QuartetKernels.questRows(w, rows: N, cols: K) { i, b in
-            QuartetKernels.storeCodes(b.codes, wq.codes + i / 2)
-            wq.scales[i / block] = b.scale
-        }
+        let wFinite = QuartetKernels.questRows(w, rows: N, cols: K, into: .init(codes: wq.codes, scales: wq.scales))
         if !wFinite { throw nonFiniteWeight(w, count: N * K) }
         let xOperand = GEMMOperand(codes: UnsafePointer(xCodes), rows: T, cols: K, format: forwardQuantizer.format,
                                    granularity: forwardQuantizer.granularity, scales: UnsafePointer(xScales))
@@ -184,7 +173,7 @@ public enum QuartetLinear {
     /// W_q = QuEST(W·H) (dequantized), [N, K].
     static func rotatedWeight(_ w: UnsafePointer<Float>, _ N: Int, _ K: Int) throws -> Scratch {
         let wq = Scratch(N * K)
-        let finite = QuartetKernels.questRows(w, rows: N, cols: K) { i, b in b.xhat.store(wq.pointer + i) }
+        let finite = QuartetKernels.questRows(w, rows: N, cols: K, into: .init(xhat: wq.pointer))
         if !finite { throw nonFiniteWeight(w, count: N * K) }
         return wq
     }

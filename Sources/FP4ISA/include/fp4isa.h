@@ -1,6 +1,7 @@
 /*
  * ISA-specific micro-kernels of the packed FP4 GEMM (docs/numerics.md §11), the layers'
- * float32 transpose, and the AVX-512 arithmetic of Quartet's backward operand kernels.
+ * float32 transpose, and the AVX-512 arithmetic of Quartet's operand kernels (quest_avx512.c:
+ * the forward QuEST).
  *
  * Swift cannot enable CPU features per function, so the few loops that need AVX-512 VNNI or
  * AVX2 intrinsics live here, each compiled for its instruction set with a per-function
@@ -93,6 +94,28 @@ uint32_t fp4isa_quartet_vertical_avx512(const float *src, int64_t ld, const floa
  * FP4ISA_AVX512DQ. */
 uint32_t fp4isa_quartet_rows_avx512(const float *src, int64_t cols, const float *signs, float norm,
                                     uint64_t key, uint64_t index, uint8_t *codes, float *scales, float *xhat);
+
+/* QuEST of `count` 32-blocks, Quartet's forward quantizer (QuartetKernels.quest / quest4 of
+ * Hadamard.rotate32 without signs, Sources/FP4Core/Kernels/QuestKernels.swift, is the reference
+ * it equals bit for bit). Block k is src[k * ld ..< k * ld + 32] (ld a multiple of 32), f = k * ld
+ * its flat index:
+ *   x      = Hadamard.rotate32(block, no signs, norm)   (the Swift butterflies)
+ *   σ      = population std of x from float64 sums of x and x² in element order
+ *   scale  = 2^min(floor(log2((2.92247856 / 6)·σ + 1e-8)), 127)   (ScaleRule.questScale)
+ *   q      = e2m1 round-to-nearest-even of x / scale, saturating at 6;  x̂ = q · scale
+ *   mask   = bit i set when |x_i / scale| < 6
+ * A block of (signed) zeros: scale 1, the sign codes of x, x̂ = x * 0, mask all ones. Outputs,
+ * each skipped when NULL: codes[f/2 ..< f/2 + 16] (element 2i in the low nibble of byte i),
+ * scales[f / 32], mask[f/8 ..< f/8 + 4] (a little-endian word, bit i = element i) and
+ * xhat[k * ldx ..< k * ldx + 32]. A block holding NaN or +-inf writes zeros to its x̂ and nothing
+ * else. Returns the number of such blocks. Reads exactly the count blocks. The float operations
+ * are the Swift ones in their order, or ones that round the same real value once, so the bits
+ * are the same (quest_avx512.c says why for each): x / scale as x · 2^-e, sq + x² as an FMA (x² is
+ * exact in float64), e2m1's min(|v|, 6) by vrangeps and its rounding constant carrying the code
+ * (checked on every finite float32 v); the zero and non-finite tests read the sum of squares.
+ * Needs FP4ISA_AVX512DQ. */
+uint32_t fp4isa_quest_blocks_avx512(const float *src, int64_t ld, int64_t count, float norm, uint8_t *codes,
+                                    float *scales, uint8_t *mask, float *xhat, int64_t ldx);
 
 #ifdef __cplusplus
 }
