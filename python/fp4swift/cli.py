@@ -366,7 +366,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                                               "steps = ceil(N / (batch-size·seq-len)); not with --steps")
     g.add_argument("--lr", help="peak AdamW learning rate, or a comma-separated sweep such as 6e-4,1e-3,2e-3 "
                                 "(train: every recipe at every rate; the summary compares each recipe at its best "
-                                "rate and at fp32's); default 2e-3; linear warmup, cosine decay")
+                                "rate and at fp32's); default 4e-3, fp32's best rate on the default model; linear warmup, cosine decay")
     g.add_argument("--warmup", type=int, help="warmup steps (default steps/20)")
     g.add_argument("--seed", type=int, help="seed of the initialization and the data order (default 0)")
     g.add_argument("--seeds", type=int, help="train: each recipe from this many seeds (--seed, --seed+1, ...; "

@@ -169,7 +169,8 @@ def test_resume_of_a_multi_seed_run_equals_the_uninterrupted_run(tmp_path, corpu
 
 def test_a_checkpoint_in_another_trials_folder_is_refused_on_resume(tmp_path, corpus, capsys):
     out = tmp_path / "r"
-    common = TINY + ["--recipes", "fp32", "--steps", "10", "--seeds", "2", "--data", corpus, "--out", str(out)]
+    common = TINY + ["--recipes", "fp32", "--steps", "10", "--seeds", "2", "--lr", "2e-3", "--data", corpus,
+                     "--out", str(out)]
     rc, cap = _train(common + ["--stop-after", "12"], capsys)
     assert rc == 130
     a, b = out / "fp32" / "seed0" / "checkpoint.pt", out / "fp32" / "seed1" / "checkpoint.pt"
@@ -217,7 +218,7 @@ def test_every_study_names_valid_recipes(study):
 
 
 def test_compare_reads_separate_one_seed_runs_as_one_multi_seed_run(tmp_path, corpus, capsys):
-    common = TINY + ["--recipes", "fp32,fp4-direct", "--steps", "10", "--data", corpus]
+    common = TINY + ["--recipes", "fp32,fp4-direct", "--steps", "10", "--lr", "2e-3", "--data", corpus]
     assert _train(common + ["--seeds", "2", "--out", str(tmp_path / "both")], capsys)[0] == 0
     assert _train(common + ["--seed", "0", "--out", str(tmp_path / "s0")], capsys)[0] == 0
     assert _train(common + ["--seed", "1", "--out", str(tmp_path / "s1")], capsys)[0] == 0
