@@ -185,7 +185,7 @@ final class KernelParityTests: XCTestCase {
         let q = Quantizer(format: .e2m1, granularity: .block(16), scaleRule: .nvfp4, rounding: .stochastic, seed: 5)
         var fast = [UInt8](repeating: 0xAA, count: cols / 2), ref = fast
         try x.withUnsafeBufferPointer { xp in
-            try q.quantize(xp.baseAddress!, rows: 1, cols: cols, codes: &ref, dequantized: nil, kernels: false)
+            _ = try q.quantize(xp.baseAddress!, rows: 1, cols: cols, codes: &ref, dequantized: nil, kernels: false)
             _ = try q.quantize(xp.baseAddress!, rows: 1, cols: cols, codes: &fast, dequantized: nil, kernels: true)
         }
         XCTAssertEqual(fast, ref)

@@ -158,7 +158,7 @@ final class QuartetWideUnitTests: XCTestCase {
                     case 1: -0.0
                     case 2: g * 1e38  // sums overflow to ±inf
                     case 3: g * 0x1p-148  // subnormal: the scale underflows (a zero group)
-                    case 4: g * 1e-39
+                    case 4: g * 0x1p-130  // subnormal values
                     case 5: g * Float(sign: .plus, exponent: Int.random(in: -60...60, using: &rng), significand: 1)
                     case 6: i == 7 ? [.nan, .infinity, -.infinity][trial % 3] : g
                     case 7: Float(Int.random(in: -8...8, using: &rng)) * 0.25 * scale  // many equal magnitudes
