@@ -146,19 +146,12 @@ extension QuartetKernels {
         let cp = (cols + b - 1) / b * b, full = cols / b
         guard rows > 0, cp > 0 else { return true }
         let grain = Parallel.grain(count: rows, minItems: Swift.max(1, 16384 / cp))
-        let chunks = (rows + grain - 1) / grain
-        let bad = UnsafeMutablePointer<Bool>.allocate(capacity: chunks)
-        bad.initialize(repeating: false, count: chunks)
-        defer { bad.deallocate() }
         let wide = wideUnits
         let d = UnsafeMutablePointer<Float>.allocate(capacity: b)
         defer { d.deallocate() }
         signs.store(d)
-        Parallel.forChunks(count: rows, grain: grain) { range in
-            if wide {
-                bad[range.lowerBound / grain] = !gradientRowsWide(a, rows: range, cols: cols, signs: d, key: key, output: output)
-                return
-            }
+        return Parallel.allChunks(count: rows, grain: grain) { range in
+            if wide { return gradientRowsWide(a, rows: range, cols: cols, signs: d, key: key, output: output) }
             var tail = Block32(.zero, .zero, .zero, .zero)
             var ok = true
             for r in range {
@@ -181,10 +174,8 @@ extension QuartetKernels {
                     output.store(q, at: r * cp + full * b)
                 }
             }
-            bad[range.lowerBound / grain] = !ok
+            return ok
         }
-        for c in 0..<chunks where bad[c] { return false }
-        return true
     }
 
 
@@ -363,13 +354,8 @@ extension QuartetKernels {
         let b = QuartetKernels.block
         let rp = (rows + b - 1) / b * b, bands = rp / b
         guard bands > 0, cols > 0 else { return true }
-        let grain = Parallel.grain(count: bands, minItems: 1)
-        let chunks = (bands + grain - 1) / grain
-        let bad = UnsafeMutablePointer<Bool>.allocate(capacity: chunks)
-        bad.initialize(repeating: false, count: chunks)
-        defer { bad.deallocate() }
         let wide = wideUnits
-        Parallel.forChunks(count: bands, grain: grain) { range in
+        return Parallel.allChunks(count: bands, grain: Parallel.grain(count: bands, minItems: 1)) { range in
             let stage = UnsafeMutablePointer<Float>.allocate(capacity: b * b + b * 8 + 3 * 8)
             defer { stage.deallocate() }
             let v = stage + b * b, lane = v + b * 8
@@ -401,10 +387,8 @@ extension QuartetKernels {
                     c0 += b
                 }
             }
-            bad[range.lowerBound / grain] = !ok
+            return ok
         }
-        for c in 0..<chunks where bad[c] { return false }
-        return true
     }
 
     /// One 32-row × 8-column unit of `verticalOperand`: rows of `src` (stride 32), rotated down

@@ -26,20 +26,12 @@ extension QuartetKernels {
     static func questRowsWide(_ a: UnsafePointer<Float>, rows: Int, cols: Int, into t: QuestTargets) -> Bool {
         let b = QuartetKernels.block, blocks = rows * cols / b
         guard blocks > 0 else { return true }
-        let grain = Parallel.grain(count: blocks, minItems: 512)
-        let chunks = (blocks + grain - 1) / grain
-        let bad = UnsafeMutablePointer<Bool>.allocate(capacity: chunks)
-        bad.initialize(repeating: false, count: chunks)
-        defer { bad.deallocate() }
-        Parallel.forChunks(count: blocks, grain: grain) { range in
+        return Parallel.allChunks(count: blocks, grain: Parallel.grain(count: blocks, minItems: 512)) { range in
             let i = range.lowerBound * b
-            let n = fp4isa_quest_blocks_avx512(a + i, Int64(b), Int64(range.count), norm, t.codes.map { $0 + i / 2 },
-                                               t.scales.map { $0 + i / b }, t.mask.map { $0 + i / 8 },
-                                               t.xhat.map { $0 + i }, Int64(b))
-            bad[range.lowerBound / grain] = n != 0
+            return fp4isa_quest_blocks_avx512(a + i, Int64(b), Int64(range.count), norm, t.codes.map { $0 + i / 2 },
+                                              t.scales.map { $0 + i / b }, t.mask.map { $0 + i / 8 },
+                                              t.xhat.map { $0 + i }, Int64(b)) == 0
         }
-        for c in 0..<chunks where bad[c] { return false }
-        return true
     }
 
     /// Scratch of one worker's wide units: the C kernel's outputs before `VerticalOutput`

@@ -157,12 +157,7 @@ enum QuartetKernels {
                           write: (Int, Quest) -> Void) -> Bool {
         let blocks = rows * cols / QuartetKernels.block
         guard blocks > 0 else { return true }
-        let grain = Parallel.grain(count: blocks, minItems: 512)
-        let chunks = (blocks + grain - 1) / grain
-        let bad = UnsafeMutablePointer<Bool>.allocate(capacity: chunks)
-        bad.initialize(repeating: false, count: chunks)
-        defer { bad.deallocate() }
-        Parallel.forChunks(count: blocks, grain: grain) { range in
+        return Parallel.allChunks(count: blocks, grain: Parallel.grain(count: blocks, minItems: 512)) { range in
             var ok = true
             var j = range.lowerBound
             while j + 4 <= range.upperBound {
@@ -183,9 +178,7 @@ enum QuartetKernels {
                 if q.finite { write(i, q) } else { ok = false }
                 j += 1
             }
-            bad[range.lowerBound / grain] = !ok
+            return ok
         }
-        for c in 0..<chunks where bad[c] { return false }
-        return true
     }
 }

@@ -46,6 +46,20 @@ public enum Parallel {
         }
     }
 
+    /// `forChunks` for bodies that report success: true when every chunk's body returned true
+    /// (every chunk runs either way). Each chunk writes its own flag, so no synchronization.
+    public static func allChunks(count: Int, grain: Int, _ body: (Range<Int>) -> Bool) -> Bool {
+        guard count > 0 else { return true }
+        let g = Swift.max(1, grain)
+        let chunks = (count + g - 1) / g
+        let ok = UnsafeMutablePointer<Bool>.allocate(capacity: chunks)
+        ok.initialize(repeating: true, count: chunks)
+        defer { ok.deallocate() }
+        forChunks(count: count, grain: g) { range in ok[range.lowerBound / g] = body(range) }
+        for c in 0..<chunks where !ok[c] { return false }
+        return true
+    }
+
     /// A grain that gives each worker a few chunks of at least `minItems` items.
     public static func grain(count: Int, minItems: Int) -> Int {
         Swift.max(minItems, (count + 4 * threadCount - 1) / (4 * threadCount))
